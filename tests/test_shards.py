@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from dexwm.schema import make_meta, sample_key, validate_sample, SchemaError
+from dexwm.schema import SchemaError, make_meta, sample_key, validate_sample
 from dexwm.shards import Skip, read_manifest, run_shard_job, shard_paths
 
 
