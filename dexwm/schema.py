@@ -21,6 +21,9 @@ FINGERTIPS = (4, 8, 12, 16, 20)
 # The 6 points per hand the hand-consistency head predicts: wrist + 5 fingertips (DexWM).
 HEATMAP_POINTS = (WRIST, *FINGERTIPS)
 EMBODIMENTS = ("human", "gripper", "allegro", "shadow", "panda_gripper")
+# Embodiments whose keypoints are real hand points the hand-consistency head may learn; a parallel
+# gripper's 20 dummy finger points are not (DexWM: no hand loss on DROID).
+HEATMAP_EMBODIMENTS = ("human", "allegro", "shadow")
 
 REQUIRED_ARRAYS = ("hands.npy", "hands_uv.npy", "hands_valid.npy", "camera.npy")
 FRAME_KEYS = ("frames.mp4", "frames.npy")

@@ -1,0 +1,106 @@
+"""Per-sample transform: a decoded shard sample -> training clips. Pure functions, testable alone.
+
+A clip is `num_frames` frames of one sample (context frames + target), chosen either DexWM's way
+(sorted random frames within a time window, so gaps are irregular) or at a fixed frame gap. Actions
+are computed here, at load time, from the keypoints (+ camera) of exactly the frames picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dexwm.actions import keypoint_actions
+from dexwm.schema import HEATMAP_EMBODIMENTS, sample_length
+from dexwm.video import decode_video
+
+
+@dataclass
+class ClipConfig:
+    num_frames: int = 4  # context frames + 1 target
+    mode: str = "window"  # "window": random sorted frames within window_s (DexWM); "fixed": every `gap`
+    window_s: float = 4.0
+    gap: int = 1
+    clips_per_sample: int = 1
+    features: str = "auto"  # "auto": feats.npy when present else frames; "feats"; "frames"
+    with_frames: bool = False  # also return frames when features are used (visualisation)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("window", "fixed"):
+            raise ValueError(f"clip mode {self.mode!r}: use 'window' or 'fixed'")
+        if self.features not in ("auto", "feats", "frames"):
+            raise ValueError(f"features {self.features!r}: use 'auto', 'feats' or 'frames'")
+        if self.num_frames < 2:
+            raise ValueError("a clip needs at least 2 frames (context + target)")
+
+
+def sample_indices(T: int, fps: float, cfg: ClipConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """Frame indices (num_frames,) sorted ascending, or None if the sample is too short."""
+    n = cfg.num_frames
+    if cfg.mode == "fixed":
+        span = (n - 1) * cfg.gap
+        if span >= T:
+            return None
+        start = int(rng.integers(0, T - span))
+        return start + cfg.gap * np.arange(n)
+    window = min(T, max(n, int(round(cfg.window_s * fps)) + 1))  # frames in the window
+    if window < n:
+        return None
+    start = int(rng.integers(0, T - window + 1))
+    return start + np.sort(rng.choice(window, size=n, replace=False))
+
+
+def _frames(sample: dict, idx: np.ndarray) -> np.ndarray:
+    if "frames.npy" in sample:
+        return np.ascontiguousarray(sample["frames.npy"][idx])
+    return decode_video(sample["frames.mp4"], idx)
+
+
+def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[dict]:
+    """Validated sample -> up to `clips_per_sample` clips with:
+    feats (T, N, D) float32 raw encoder features or frames (T, H, W, 3) uint8; actions (T-1, A) raw;
+    dt (T-1,) seconds; hands_uv (T, 2, 21, 2) stored-frame pixels; hands_visible (T, 2) bool (hands
+    that the heatmap loss may supervise); frame_hw (2,); key, embodiment, indices (, encoder)."""
+    meta = sample["meta.json"]
+    T, fps = sample_length(sample), float(meta["fps"])
+    use_feats = cfg.features == "feats" or (cfg.features == "auto" and "feats.npy" in sample)
+    cam_ok = bool(meta.get("camera_valid", False))
+    real_hands = meta["embodiment"] in HEATMAP_EMBODIMENTS
+    clips = []
+    for _ in range(cfg.clips_per_sample):
+        idx = sample_indices(T, fps, cfg, rng)
+        if idx is None:
+            break
+        valid = sample["hands_valid.npy"][idx]  # (T, 2)
+        camera = torch.from_numpy(sample["camera.npy"][idx]) if cam_ok else None
+        actions = keypoint_actions(torch.from_numpy(sample["hands.npy"][idx]), torch.from_numpy(valid), camera)
+        clip = {
+            "actions": actions.numpy(),
+            "dt": (np.diff(idx) / fps).astype(np.float32),
+            "hands_uv": sample["hands_uv.npy"][idx].astype(np.float32),
+            "hands_visible": valid & real_hands,
+            "frame_hw": np.asarray(meta["size"][:2], dtype=np.int64),
+            "indices": idx.astype(np.int64),
+            "key": sample["__key__"],
+            "embodiment": meta["embodiment"],
+        }
+        if use_feats:
+            clip["feats"] = sample["feats.npy"][idx].astype(np.float32)
+            clip["encoder"] = meta["encoder"]
+        if not use_feats or cfg.with_frames:
+            clip["frames"] = _frames(sample, idx)
+        clips.append(clip)
+    return clips
+
+
+def collate_clips(clips: list[dict]) -> dict:
+    """List of clips -> batch: arrays stacked into tensors (B, ...), other values into lists."""
+    out = {}
+    for k, v in clips[0].items():
+        if isinstance(v, np.ndarray):
+            out[k] = torch.from_numpy(np.stack([c[k] for c in clips]))
+        else:
+            out[k] = [c[k] for c in clips]
+    return out

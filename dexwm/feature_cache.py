@@ -1,0 +1,78 @@
+"""Feature cache: run a frozen encoder over shards once, write the same samples + `feats.npy`.
+
+The encoder is frozen, so training only needs its outputs: computing them once turns every later
+epoch into pure predictor work. Output shards mirror the input shards one to one; meta.json gains an
+`encoder` entry (name, weights, input size, weights checksum, token grid). Resumable: shards already
+written are skipped (see dexwm/shards.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from dexwm.encoders import EncoderSpec, FrozenEncoder
+from dexwm.loader import expand_paths
+from dexwm.schema import validate_sample
+from dexwm.shards import run_shard_job
+from dexwm.video import decode_video
+
+_ENCODERS: dict[str, FrozenEncoder] = {}  # one per worker process
+
+
+def _encoder(spec: dict) -> FrozenEncoder:
+    key = repr(sorted(spec.items()))
+    if key not in _ENCODERS:
+        _ENCODERS[key] = FrozenEncoder(spec)
+    return _ENCODERS[key]
+
+
+def encode_frames(enc: FrozenEncoder, frames: np.ndarray, batch: int = 32) -> np.ndarray:
+    """uint8 (T, H, W, 3) -> float16 (T, N, D)."""
+    out = [enc(torch.from_numpy(frames[i : i + batch])) for i in range(0, len(frames), batch)]
+    return torch.cat(out).to(torch.float16).numpy()
+
+
+def _process(args: tuple) -> list[dict]:
+    url, spec, drop_frames, threads = args
+    if threads:
+        torch.set_num_threads(threads)
+    enc = _encoder(spec)
+    info = enc.describe()
+    out = []
+    for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
+        validate_sample(sample, need_frames=True)
+        frames = sample["frames.npy"] if "frames.npy" in sample else decode_video(sample["frames.mp4"])
+        new = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+        new["feats.npy"] = encode_frames(enc, frames)
+        new["meta.json"] = dict(sample["meta.json"], encoder=info)
+        if drop_frames:
+            new.pop("frames.npy", None)
+            new.pop("frames.mp4", None)
+        out.append(new)
+    return out
+
+
+def cache_features(
+    shards: list[str] | str,
+    out_dir: str | Path,
+    encoder: EncoderSpec | dict | None = None,
+    drop_frames: bool = False,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Encode every sample of `shards` (files, folders with manifest, globs) into `out_dir`."""
+    spec = (EncoderSpec(**encoder) if isinstance(encoder, dict) else encoder or EncoderSpec()).to_dict()
+    urls = [os.path.abspath(u) if "://" not in u else u for u in expand_paths(shards)]
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    items = [(u, (u, spec, drop_frames, threads)) for u in urls]
+    config = {"kind": "feature_cache", "encoder": spec, "inputs": urls, "drop_frames": drop_frames}
+    return run_shard_job(
+        items, _process, out_dir, config=config, items_per_shard=1, workers=workers,
+        desc="feature cache (shards)", prefix="feats", overwrite=overwrite, progress=progress,
+    )  # fmt: skip

@@ -1,0 +1,148 @@
+"""The world-model surface: encode(frames), predict(feats, actions, dt), rollout(...), heatmaps(feats).
+
+`WorldModel` bundles the frozen encoder (built lazily, never saved: only its spec and checksum are),
+the feature and action normalisers (statistics saved as buffers), the predictor and the hand head.
+All feature tensors it returns or takes are NORMALISED features (see `normalize_feats`); actions go
+in raw (metres, radians) and are normalised inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dexwm.actions import ACTION_DIM, Normalizer
+from dexwm.encoders import EncoderSpec, FrozenEncoder, encoder_shape, transform_uv
+from dexwm.hand_head import HandHead, HandHeadConfig
+from dexwm.predictor import Predictor, PredictorConfig
+
+
+def _as(cls, x):
+    return cls(**x) if isinstance(x, dict) else (x if x is not None else None)
+
+
+class WorldModel(nn.Module):
+    def __init__(
+        self,
+        encoder: EncoderSpec | dict,
+        predictor: PredictorConfig | dict,
+        hand_head: HandHeadConfig | dict | None = None,
+        action_dim: int = ACTION_DIM,
+        feature_norm: bool = True,
+        shape: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder_spec = _as(EncoderSpec, encoder)
+        self.encoder_spec.input_size = tuple(self.encoder_spec.input_size)
+        self.pred_cfg = _as(PredictorConfig, predictor)
+        self.hand_cfg = _as(HandHeadConfig, hand_head)
+        self.shape = shape or encoder_shape(self.encoder_spec)  # num_tokens, dim, grid
+        self.feature_norm = feature_norm
+        D, N = self.shape["dim"], self.shape["num_tokens"]
+        self.action_norm = Normalizer(action_dim)
+        self.feat_norm = Normalizer(D)
+        self.predictor = Predictor(D, N, action_dim, self.pred_cfg)
+        self.hand_head = (
+            HandHead(D, tuple(self.shape["grid"]), self.encoder_spec.input_size, self.hand_cfg)
+            if self.hand_cfg is not None
+            else None
+        )
+        self.__dict__["_encoder"] = None  # not a registered submodule: not in state_dict
+
+    # ----- construction / persistence -------------------------------------------------------
+    def ctor_args(self) -> dict:
+        """Plain-data constructor arguments (saved in checkpoints, loadable with weights_only)."""
+        enc = self.encoder_spec.to_dict()
+        return dict(
+            encoder=enc,
+            predictor=asdict(self.pred_cfg),
+            hand_head=asdict(self.hand_cfg) if self.hand_cfg else None,
+            action_dim=self.action_norm.mean.numel(),
+            feature_norm=self.feature_norm,
+            shape=dict(self.shape),
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> WorldModel:
+        """Load from a training checkpoint (Lightning) or a `save()` file, with weights_only=True."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        info = ckpt.get("dexwm")
+        if info is None:
+            raise ValueError(f"{path}: not a dexwm checkpoint (no 'dexwm' entry)")
+        wm = cls(**info["world_model"])
+        sd = ckpt["state_dict"]
+        sd = {k.removeprefix("wm."): v for k, v in sd.items() if k.startswith("wm.") or "." in k}
+        wm.load_state_dict({k: v for k, v in sd.items() if not k.startswith("probe.")})
+        wm.checkpoint_info = info
+        return wm.eval()
+
+    def save(self, path: str | Path, **extra) -> None:
+        from dexwm.shards import atomic_write_bytes
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"state_dict": self.state_dict(), "dexwm": dict(world_model=self.ctor_args(), **extra)}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    # ----- encoder ----------------------------------------------------------------------------
+    @property
+    def encoder(self) -> FrozenEncoder:
+        if self._encoder is None:
+            enc = FrozenEncoder(self.encoder_spec)
+            got = (enc.num_tokens, enc.dim)
+            if got != (self.shape["num_tokens"], self.shape["dim"]):
+                raise ValueError(f"encoder gives (N, D) = {got}, model was built for {self.shape}")
+            self.__dict__["_encoder"] = enc.to(self.feat_norm.mean.device)
+        return self._encoder
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self._encoder is not None:
+            self._encoder._apply(fn, recurse)
+        return out
+
+    def normalize_feats(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw encoder features (..., N, D) (e.g. cached feats.npy) -> model feature space."""
+        return self.feat_norm(raw.float()) if self.feature_norm else raw.float()
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """uint8 frames (..., H, W, 3) -> normalised features (..., N, D)."""
+        lead = frames.shape[:-3]
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        feats = torch.cat([self.encoder(flat[i : i + chunk]) for i in range(0, len(flat), chunk)])
+        return self.normalize_feats(feats).reshape(*lead, *feats.shape[1:])
+
+    # ----- prediction -------------------------------------------------------------------------
+    def predict(self, feats: torch.Tensor, actions: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: feats (B, T+1, N, D), raw actions (B, T, A), dt (B, T) ->
+        (B, T, N, D) where out[:, i] predicts feats[:, i+1]."""
+        return self.predictor(feats, self.action_norm(actions), dt)
+
+    def rollout(
+        self,
+        context: torch.Tensor,
+        context_actions: torch.Tensor,
+        context_dt: torch.Tensor,
+        actions: torch.Tensor,
+        dt: torch.Tensor,
+    ) -> torch.Tensor:
+        """Autoregressive rollout; context (Bc, C, N, D) with Bc = 1 or B, context_actions (Bc, C-1, A),
+        raw future actions (B, H, A), dt (B, H) -> predicted features (B, H, N, D)."""
+        ca = self.action_norm(context_actions)
+        return self.predictor.rollout(context, ca, context_dt, self.action_norm(actions), dt)
+
+    def heatmaps(self, feats: torch.Tensor) -> torch.Tensor:
+        """features (..., N, D) -> hand heatmaps (..., 12, H, W) at the encoder input size."""
+        if self.hand_head is None:
+            raise RuntimeError("this model was built without a hand head")
+        lead = feats.shape[:-2]
+        hm = self.hand_head(feats.reshape(-1, *feats.shape[-2:]))
+        return hm.reshape(*lead, *hm.shape[1:])
+
+    def uv_to_input(self, uv: torch.Tensor, src_hw: tuple[int, int]) -> torch.Tensor:
+        """Pixels of stored frames (..., 2) -> pixels of the encoder input / heatmaps."""
+        return transform_uv(uv, self.encoder_spec.input_size, src_hw)
