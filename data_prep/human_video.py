@@ -1,0 +1,306 @@
+"""Human video -> webdataset shards (schema v1) with MediaPipe hand keypoints in the camera frame.
+
+Usage:
+    python -m data_prep.human_video --inputs VIDEOS/ --out shards/human --fps 10 --size '[224, 392]' \
+        --segment_frames 100 --workers 2 [--model hand_landmarker.task] [--smooth_window 5]
+
+Inputs: video files (mp4, webm, mov, mkv, avi), GIFs, and folders of jpg/png frames (at
+`--image_fps`), found recursively. Per input: decode at `--fps` (nearest frames) with the long
+side capped at `--detect_max_side`, run MediaPipe on every frame (tracking mode, both hands), fit
+each hand's metric world landmarks to its image landmarks with PnP under intrinsics K (given as
+`--intrinsics fx fy cx cy` for the source resolution, else assumed from `--hfov_deg`), optionally
+smooth, resize + centre-crop the frames to `--size`, and cut into segments of `--segment_frames`.
+Frames without a hand are invalid (zeros, hands_valid False). Inputs that cannot be decoded or
+show no hand are skipped with the reason in manifest.json; truncated inputs keep what decoded and
+dropped segments are listed under manifest "notes". Re-running the command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dexwm.hand_fit import (
+    cover_crop,
+    fit_track,
+    intrinsics_from_fov,
+    resample_indices,
+    resize_crop,
+    smooth_track,
+    transform_intrinsics,
+    transform_uv,
+)
+from dexwm.hands import HandTrack, cached_detector
+from dexwm.schema import make_meta, sample_key
+from dexwm.shards import Skip, atomic_write_json, run_shard_job
+from dexwm.video import VideoDecodeError, encode_mp4
+from dexwm.video_inputs import list_inputs, open_clip
+
+
+@dataclass(frozen=True)
+class HumanVideoConfig:
+    fps: float | None = 10.0
+    size: tuple[int, int] = (224, 392)
+    segment_frames: int = 100
+    min_segment_frames: int = 8
+    detect_max_side: int | None = 1280
+    hfov_deg: float = 60.0
+    intrinsics: tuple[float, float, float, float] | None = None
+    model: str | None = None
+    complexity: int = 1
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    mirrored: bool = False
+    smooth_window: int = 0
+    max_reproj: float = 0.1
+    image_fps: float = 30.0
+    frames: str = "mp4"
+    source: str = "human_video"
+    licence: str = "unknown"
+
+
+def _even(x: float) -> int:
+    return max(2, int(round(x / 2)) * 2)
+
+
+def detection_size(src_hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    s = 1.0 if not max_side else min(1.0, max_side / max(src_hw))
+    return _even(src_hw[0] * s), _even(src_hw[1] * s)
+
+
+def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]:
+    """One input (path, item key, episode name, config) -> samples, one per segment."""
+    path, item_key, episode, cfg = payload
+    try:
+        clip = open_clip(path, cfg.image_fps)
+    except VideoDecodeError as e:
+        raise Skip(str(e)) from e
+    idx = resample_indices(clip.n, clip.fps, cfg.fps)  # source frame indices kept
+    fps = min(cfg.fps or clip.fps, clip.fps)
+    det_hw = detection_size(clip.size, cfg.detect_max_side)
+    K_src = (
+        np.array(
+            [
+                [cfg.intrinsics[0], 0, cfg.intrinsics[2]],
+                [0, cfg.intrinsics[1], cfg.intrinsics[3]],
+                [0, 0, 1],
+            ]
+        )
+        if cfg.intrinsics
+        else intrinsics_from_fov(*clip.size, cfg.hfov_deg)
+    )
+    K_det = transform_intrinsics(K_src, (det_hw[0] / clip.size[0], det_hw[1] / clip.size[1], 0, 0))
+    geom = cover_crop(det_hw, cfg.size)
+    det = cached_detector(
+        model=cfg.model,
+        complexity=cfg.complexity,
+        min_detection_confidence=cfg.min_detection_confidence,
+        min_tracking_confidence=cfg.min_tracking_confidence,
+        mirrored=cfg.mirrored,
+    )
+    seg_len = cfg.segment_frames if cfg.segment_frames > 0 else len(idx)
+    chunks = [idx[a : a + seg_len] for a in range(0, len(idx), seg_len)]
+    notes, tracks, videos = [], [], []
+    # Decode, detect and encode chunk by chunk (memory stays bounded by one segment); the tracker
+    # state runs on across chunks, so the whole clip is tracked as one sequence.
+    for k, chunk in enumerate(chunks):
+        try:
+            frames = clip.read(chunk, det_hw)  # (t, h, w, 3) at detection size
+        except VideoDecodeError as e:
+            if k == 0:
+                raise Skip(str(e)) from e
+            notes.append(f"truncated: decoding stopped at source frame {int(chunk[0])} ({e})")
+            break
+        tracks.append(det.detect(frames, fps))
+        stored = resize_crop(frames, cfg.size)  # (t, H, W, 3)
+        videos.append(encode_mp4(stored, fps) if cfg.frames == "mp4" else stored)
+    track = HandTrack.concat(tracks)
+    if not track.valid.any():
+        raise Skip(f"no hands detected in {len(track.valid)} frames")
+    # Metric hands in the camera frame; PnP reprojection error above max_reproj x the hand's
+    # image size means the landmark sets disagree and the hand is not trusted.
+    hand_px = np.ptp(track.uv, axis=2).max(-1)  # (T, 2) larger side of the hand's box
+    cam, valid, rms = fit_track(track.world, track.uv, track.valid, K_det)
+    valid &= rms <= cfg.max_reproj * np.maximum(hand_px, 1.0)
+    if cfg.smooth_window > 1:
+        cam = smooth_track(cam, valid, cfg.smooth_window)
+    uv = smooth_track(track.uv, valid, cfg.smooth_window)
+    uv = transform_uv(uv, geom)
+    cam[~valid], uv[~valid] = 0.0, 0.0
+    K = transform_intrinsics(K_det, geom)
+    describe = det.describe()
+
+    samples, start = [], 0
+    for k, frames in enumerate(videos):
+        T, sl = len(tracks[k].valid), slice(start, start + len(tracks[k].valid))
+        start += T
+        if T < max(2, cfg.min_segment_frames):
+            notes.append(f"segment {k}: dropped, only {T} frames")
+            continue
+        if not valid[sl].any():
+            notes.append(f"segment {k}: dropped, no hand in {T} frames")
+            continue
+        meta = make_meta(
+            source=cfg.source,
+            embodiment="human",
+            fps=fps,
+            size=cfg.size,
+            intrinsics=K.round(4).tolist(),
+            licence=cfg.licence,
+            camera_valid=False,
+            intrinsics_assumed=cfg.intrinsics is None,
+            hfov_deg=None if cfg.intrinsics else cfg.hfov_deg,
+            keypoint_frame="camera",
+            uv_convention="pixels of the stored frame, pixel centres at i + 0.5",
+            original_video=str(path),
+            source_fps=clip.fps,
+            segment=k,
+            segment_start_frame=k * seg_len,
+            source_frames=chunks[k].tolist(),
+            handedness_score=track.score[sl].round(3).tolist(),
+            pnp_rms_px=rms[sl].round(2).tolist(),
+            duplicate_detections=track.duplicates,
+            smooth_window=cfg.smooth_window,
+            detector=describe,
+            item_key=item_key,
+            notes=notes,
+        )
+        samples.append(
+            {
+                "__key__": sample_key(cfg.source, episode, "cam0", k),
+                "frames.mp4" if cfg.frames == "mp4" else "frames.npy": frames,
+                "hands.npy": cam[sl].astype(np.float32),
+                "hands_uv.npy": uv[sl].astype(np.float32),
+                "hands_valid.npy": valid[sl].copy(),
+                "camera.npy": np.zeros((T, 6), np.float32),
+                "meta.json": meta,
+            }
+        )
+    if not samples:
+        raise Skip("; ".join(notes) or "no segment kept")
+    return samples
+
+
+def record_notes(out: str | Path) -> dict:
+    """Add to manifest.json the notes (trimmed, truncated, dropped segments) that samples carry in
+    meta.json, one entry per input; rewrites the manifest atomically, so it stays written last."""
+    out = Path(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    notes: dict[str, list[str]] = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".meta.json"):
+                    meta = json.load(tar.extractfile(m))
+                    if meta.get("notes"):
+                        notes[meta["item_key"]] = meta["notes"]
+    manifest["notes"] = [{"key": k, "notes": v} for k, v in sorted(notes.items())]
+    manifest["counts"]["items_with_notes"] = len(notes)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def main(
+    inputs: Path,
+    out: Path,
+    fps: float | None = 10.0,
+    size: tuple[int, int] = (224, 392),
+    segment_frames: int = 100,
+    min_segment_frames: int = 8,
+    detect_max_side: int | None = 1280,
+    hfov_deg: float = 60.0,
+    intrinsics: tuple[float, float, float, float] | None = None,
+    model: Path | None = None,
+    complexity: int = 1,
+    min_detection_confidence: float = 0.5,
+    min_tracking_confidence: float = 0.5,
+    mirrored: bool = False,
+    smooth_window: int = 0,
+    max_reproj: float = 0.1,
+    image_fps: float = 30.0,
+    frames: str = "mp4",
+    source: str = "human_video",
+    licence: str = "unknown",
+    items_per_shard: int = 16,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Convert a folder of human videos to shards; returns the manifest.
+
+    Args:
+        inputs: folder (searched recursively) or a single video / GIF / image folder.
+        out: output folder for shards and manifest.json.
+        fps: output frame rate (nearest source frames); None keeps every frame.
+        size: stored frame size (height, width), even; aspect-preserving resize + centre crop.
+        segment_frames: frames per sample (0: whole input as one sample).
+        min_segment_frames: shorter trailing segments are dropped (noted in the manifest).
+        detect_max_side: long side of the frames MediaPipe sees (None: source resolution).
+        hfov_deg: horizontal field of view assumed when `intrinsics` is not given.
+        intrinsics: fx, fy, cx, cy in pixels of the source resolution.
+        model: a Tasks-API hand_landmarker.task; default: the models bundled in mediapipe 0.10.21.
+        complexity: 0 lite / 1 full bundled model (ignored with `model`).
+        mirrored: the footage is mirrored (selfie preview); default: ordinary camera footage.
+        smooth_window: Savitzky-Golay window (frames) within runs of valid detections; 0 = off.
+        max_reproj: reject a hand whose PnP reprojection RMS exceeds this fraction of its
+            image size (landmark sets that disagree).
+        image_fps: frame rate of image folders.
+        frames: "mp4" (H.264) or "npy" (raw uint8).
+        source, licence: recorded in every sample's meta.json; source also starts each key.
+        workers: parallel processes (each loads its own MediaPipe graph).
+        overwrite: replace a different earlier job in `out`.
+    """
+    if size[0] % 2 or size[1] % 2:
+        raise ValueError(f"--size must be even (H.264), got {size}")
+    if frames not in ("mp4", "npy"):
+        raise ValueError(f"--frames must be mp4 or npy, got {frames!r}")
+    cfg = HumanVideoConfig(
+        fps=fps,
+        size=tuple(size),
+        segment_frames=segment_frames,
+        min_segment_frames=min_segment_frames,
+        detect_max_side=detect_max_side,
+        hfov_deg=hfov_deg,
+        intrinsics=tuple(intrinsics) if intrinsics else None,
+        model=str(model) if model else None,
+        complexity=complexity,
+        min_detection_confidence=min_detection_confidence,
+        min_tracking_confidence=min_tracking_confidence,
+        mirrored=mirrored,
+        smooth_window=smooth_window,
+        max_reproj=max_reproj,
+        image_fps=image_fps,
+        frames=frames,
+        source=source,
+        licence=licence,
+    )
+    root = Path(inputs)
+    items = []
+    for p in list_inputs(root):
+        rel = p.relative_to(root).as_posix() if p != root else p.name
+        episode = rel.replace("/", "__")
+        items.append((rel, (str(p), rel, episode, cfg)))
+    if not items:
+        raise FileNotFoundError(f"no videos, GIFs or image folders under {root}")
+    run_shard_job(
+        items,
+        process_video,
+        out,
+        config=asdict(cfg),
+        items_per_shard=items_per_shard,
+        workers=workers,
+        desc="videos",
+        overwrite=overwrite,
+        progress=progress,
+    )
+    return record_notes(out)
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)
