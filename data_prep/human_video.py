@@ -72,9 +72,36 @@ def detection_size(src_hw: tuple[int, int], max_side: int | None) -> tuple[int, 
     return _even(src_hw[0] * s), _even(src_hw[1] * s)
 
 
-def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]:
-    """One input (path, item key, episode name, config) -> samples, one per segment."""
-    path, item_key, episode, cfg = payload
+@dataclass
+class DetectedClip:
+    """An input after decoding and MediaPipe: what `clip_to_samples` turns into samples.
+
+    chunks: source frame indices per segment; videos: the stored frames per segment (mp4 bytes or
+    uint8 arrays); track: detections over all segments at detection size, whose intrinsics are
+    K_det; geom: detection size -> stored size (see dexwm.hand_fit.cover_crop)."""
+
+    path: str
+    fps: float
+    source_fps: float
+    K_det: np.ndarray
+    geom: tuple[float, float, int, int]
+    chunks: list[np.ndarray]
+    videos: list
+    track: HandTrack
+    detector: dict
+    notes: list[str]
+
+
+def _source_intrinsics(cfg: HumanVideoConfig, size: tuple[int, int]) -> np.ndarray:
+    if not cfg.intrinsics:
+        return intrinsics_from_fov(*size, cfg.hfov_deg)
+    fx, fy, cx, cy = cfg.intrinsics
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
+    """Decode an input at cfg.fps, run MediaPipe on every frame, store resized frames per segment.
+    Raises Skip when the input cannot be decoded at all."""
     try:
         clip = open_clip(path, cfg.image_fps)
     except VideoDecodeError as e:
@@ -82,19 +109,7 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
     idx = resample_indices(clip.n, clip.fps, cfg.fps)  # source frame indices kept
     fps = min(cfg.fps or clip.fps, clip.fps)
     det_hw = detection_size(clip.size, cfg.detect_max_side)
-    K_src = (
-        np.array(
-            [
-                [cfg.intrinsics[0], 0, cfg.intrinsics[2]],
-                [0, cfg.intrinsics[1], cfg.intrinsics[3]],
-                [0, 0, 1],
-            ]
-        )
-        if cfg.intrinsics
-        else intrinsics_from_fov(*clip.size, cfg.hfov_deg)
-    )
-    K_det = transform_intrinsics(K_src, (det_hw[0] / clip.size[0], det_hw[1] / clip.size[1], 0, 0))
-    geom = cover_crop(det_hw, cfg.size)
+    scale = (det_hw[0] / clip.size[0], det_hw[1] / clip.size[1], 0, 0)
     det = cached_detector(
         model=cfg.model,
         complexity=cfg.complexity,
@@ -114,40 +129,61 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
             if k == 0:
                 raise Skip(str(e)) from e
             notes.append(f"truncated: decoding stopped at source frame {int(chunk[0])} ({e})")
+            chunks = chunks[:k]
             break
         tracks.append(det.detect(frames, fps))
         stored = resize_crop(frames, cfg.size)  # (t, H, W, 3)
         videos.append(encode_mp4(stored, fps) if cfg.frames == "mp4" else stored)
-    track = HandTrack.concat(tracks)
+    return DetectedClip(
+        path=str(path),
+        fps=fps,
+        source_fps=clip.fps,
+        K_det=transform_intrinsics(_source_intrinsics(cfg, clip.size), scale),
+        geom=cover_crop(det_hw, cfg.size),
+        chunks=chunks,
+        videos=videos,
+        track=HandTrack.concat(tracks),
+        detector=det.describe(),
+        notes=notes,
+    )
+
+
+def clip_to_samples(
+    dc: DetectedClip, cfg: HumanVideoConfig, item_key: str, episode: str
+) -> list[dict]:
+    """Pure per-input transform: detections -> camera-frame keypoints -> one sample per segment.
+
+    PnP places each hand in the camera frame; a reprojection RMS above cfg.max_reproj x the hand's
+    image size means the two landmark sets disagree, and the hand is not trusted."""
+    track = dc.track
     if not track.valid.any():
         raise Skip(f"no hands detected in {len(track.valid)} frames")
-    # Metric hands in the camera frame; PnP reprojection error above max_reproj x the hand's
-    # image size means the landmark sets disagree and the hand is not trusted.
     hand_px = np.ptp(track.uv, axis=2).max(-1)  # (T, 2) larger side of the hand's box
-    cam, valid, rms = fit_track(track.world, track.uv, track.valid, K_det)
+    cam, valid, rms = fit_track(track.world, track.uv, track.valid, dc.K_det)  # (T, 2, 21, 3)
     valid &= rms <= cfg.max_reproj * np.maximum(hand_px, 1.0)
-    if cfg.smooth_window > 1:
-        cam = smooth_track(cam, valid, cfg.smooth_window)
-    uv = smooth_track(track.uv, valid, cfg.smooth_window)
-    uv = transform_uv(uv, geom)
-    cam[~valid], uv[~valid] = 0.0, 0.0
-    K = transform_intrinsics(K_det, geom)
-    describe = det.describe()
+    cam = smooth_track(cam, valid, cfg.smooth_window)
+    uv = transform_uv(smooth_track(track.uv, valid, cfg.smooth_window), dc.geom)  # (T, 2, 21, 2)
+    cam, uv = np.where(valid[..., None, None], cam, 0.0), np.where(valid[..., None, None], uv, 0.0)
+    K = transform_intrinsics(dc.K_det, dc.geom)
 
-    samples, start = [], 0
-    for k, frames in enumerate(videos):
-        T, sl = len(tracks[k].valid), slice(start, start + len(tracks[k].valid))
-        start += T
+    bounds = np.cumsum([0] + [len(c) for c in dc.chunks])
+    keep, notes = [], list(dc.notes)
+    for k in range(len(dc.chunks)):
+        T, sl = bounds[k + 1] - bounds[k], slice(bounds[k], bounds[k + 1])
         if T < max(2, cfg.min_segment_frames):
             notes.append(f"segment {k}: dropped, only {T} frames")
-            continue
-        if not valid[sl].any():
+        elif not valid[sl].any():
             notes.append(f"segment {k}: dropped, no hand in {T} frames")
-            continue
+        else:
+            keep.append((k, T, sl))
+    if not keep:
+        raise Skip("; ".join(notes))
+    samples = []
+    for k, T, sl in keep:
         meta = make_meta(
             source=cfg.source,
             embodiment="human",
-            fps=fps,
+            fps=dc.fps,
             size=cfg.size,
             intrinsics=K.round(4).tolist(),
             licence=cfg.licence,
@@ -156,23 +192,23 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
             hfov_deg=None if cfg.intrinsics else cfg.hfov_deg,
             keypoint_frame="camera",
             uv_convention="pixels of the stored frame, pixel centres at i + 0.5",
-            original_video=str(path),
-            source_fps=clip.fps,
+            original_video=dc.path,
+            source_fps=dc.source_fps,
             segment=k,
-            segment_start_frame=k * seg_len,
-            source_frames=chunks[k].tolist(),
+            segment_start_frame=int(bounds[k]),
+            source_frames=dc.chunks[k].tolist(),
             handedness_score=track.score[sl].round(3).tolist(),
             pnp_rms_px=rms[sl].round(2).tolist(),
             duplicate_detections=track.duplicates,
             smooth_window=cfg.smooth_window,
-            detector=describe,
+            detector=dc.detector,
             item_key=item_key,
             notes=notes,
         )
         samples.append(
             {
                 "__key__": sample_key(cfg.source, episode, "cam0", k),
-                "frames.mp4" if cfg.frames == "mp4" else "frames.npy": frames,
+                "frames.mp4" if cfg.frames == "mp4" else "frames.npy": dc.videos[k],
                 "hands.npy": cam[sl].astype(np.float32),
                 "hands_uv.npy": uv[sl].astype(np.float32),
                 "hands_valid.npy": valid[sl].copy(),
@@ -180,9 +216,13 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
                 "meta.json": meta,
             }
         )
-    if not samples:
-        raise Skip("; ".join(notes) or "no segment kept")
     return samples
+
+
+def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]:
+    """One input (path, item key, episode name, config) -> samples, one per segment."""
+    path, item_key, episode, cfg = payload
+    return clip_to_samples(detect_clip(path, cfg), cfg, item_key, episode)
 
 
 def record_notes(out: str | Path) -> dict:
