@@ -79,7 +79,10 @@ def read_episode(annotation: str | Path, cameras: tuple[int, ...] = (0, 1, 2)) -
 
     annotation = Path(annotation)
     root = annotation.parents[2]
-    ann = json.loads(annotation.read_text())
+    try:
+        ann = json.loads(annotation.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{annotation}: unreadable annotation ({type(e).__name__}: {e})") from e
     T_ann = int(ann.get("video_length") or len(ann.get("states", [])))
     raw = int(ann.get("raw_length") or len(ann["observation.state.joint_position"]))
     stride = max(1, round(raw / T_ann)) if T_ann else 1
