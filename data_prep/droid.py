@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.human_video import record_notes
+from data_prep.human_video import cli_args, record_notes
 from dexwm.droid import (
     WRIST_CAMERA,
     droid_intrinsics,
@@ -136,14 +136,14 @@ def main(
     root: Path,
     out: Path,
     split: str = "train",
-    cameras: tuple[int, ...] = (0, 1),
+    cameras: tuple[int, ...] = DroidConfig.cameras,
     extrinsics: Path | None = None,
-    fps: float | None = None,
-    size: tuple[int, int] | None = None,
-    segment_frames: int = 0,
-    frames: str = "mp4",
-    source: str = "droid",
-    licence: str = "CC-BY-4.0",
+    fps: float | None = DroidConfig.fps,
+    size: tuple[int, int] | None = DroidConfig.size,
+    segment_frames: int = DroidConfig.segment_frames,
+    frames: str = DroidConfig.frames,
+    source: str = DroidConfig.source,
+    licence: str = DroidConfig.licence,
     items_per_shard: int = 16,
     workers: int = 1,
     overwrite: bool = False,
@@ -195,6 +195,9 @@ def main(
 
 
 if __name__ == "__main__":
+    import sys
+
     from jsonargparse import CLI
 
-    CLI(main, as_positional=False)
+    manifest = CLI(main, as_positional=False, args=cli_args(sys.argv[1:]))
+    print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))

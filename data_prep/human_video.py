@@ -47,7 +47,7 @@ class HumanVideoConfig:
     size: tuple[int, int] = (224, 392)
     segment_frames: int = 100
     min_segment_frames: int = 8
-    detect_max_side: int | None = 1280
+    detect_max_side: int | None = 960
     hfov_deg: float = 60.0
     intrinsics: tuple[float, float, float, float] | None = None
     model: str | None = None
@@ -247,24 +247,24 @@ def record_notes(out: str | Path) -> dict:
 def main(
     inputs: Path,
     out: Path,
-    fps: float | None = 10.0,
-    size: tuple[int, int] = (224, 392),
-    segment_frames: int = 100,
-    min_segment_frames: int = 8,
-    detect_max_side: int | None = 1280,
-    hfov_deg: float = 60.0,
-    intrinsics: tuple[float, float, float, float] | None = None,
-    model: Path | None = None,
-    complexity: int = 1,
-    min_detection_confidence: float = 0.5,
-    min_tracking_confidence: float = 0.5,
-    mirrored: bool = False,
-    smooth_window: int = 0,
-    max_reproj: float = 0.1,
-    image_fps: float = 30.0,
-    frames: str = "mp4",
-    source: str = "human_video",
-    licence: str = "unknown",
+    fps: float | None = HumanVideoConfig.fps,
+    size: tuple[int, int] = HumanVideoConfig.size,
+    segment_frames: int = HumanVideoConfig.segment_frames,
+    min_segment_frames: int = HumanVideoConfig.min_segment_frames,
+    detect_max_side: int | None = HumanVideoConfig.detect_max_side,
+    hfov_deg: float = HumanVideoConfig.hfov_deg,
+    intrinsics: tuple[float, float, float, float] | None = HumanVideoConfig.intrinsics,
+    model: Path | None = HumanVideoConfig.model,
+    complexity: int = HumanVideoConfig.complexity,
+    min_detection_confidence: float = HumanVideoConfig.min_detection_confidence,
+    min_tracking_confidence: float = HumanVideoConfig.min_tracking_confidence,
+    mirrored: bool = HumanVideoConfig.mirrored,
+    smooth_window: int = HumanVideoConfig.smooth_window,
+    max_reproj: float = HumanVideoConfig.max_reproj,
+    image_fps: float = HumanVideoConfig.image_fps,
+    frames: str = HumanVideoConfig.frames,
+    source: str = HumanVideoConfig.source,
+    licence: str = HumanVideoConfig.licence,
     items_per_shard: int = 16,
     workers: int = 1,
     overwrite: bool = False,
@@ -340,7 +340,21 @@ def main(
     return record_notes(out)
 
 
+def cli_args(argv: list[str]) -> list[str]:
+    """Accept --segment-frames as well as jsonargparse's --segment_frames."""
+    out = []
+    for a in argv:
+        if a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            a = "--" + name.replace("-", "_") + eq + value
+        out.append(a)
+    return out
+
+
 if __name__ == "__main__":
+    import sys
+
     from jsonargparse import CLI
 
-    CLI(main, as_positional=False)
+    manifest = CLI(main, as_positional=False, args=cli_args(sys.argv[1:]))
+    print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))
