@@ -64,7 +64,9 @@ def _decode_and_detect(video: Path, n: int, hw: tuple[int, int], fps: float) -> 
     }
 
 
-def bench_hand_extraction(frames: int = 150, detect_sides: tuple[int, ...] = (1280, 960, 640)) -> dict:
+def bench_hand_extraction(
+    frames: int = 150, detect_sides: tuple[int, ...] = (1280, 960, 640)
+) -> dict:
     """frames/s of decode + MediaPipe (both hands, tracking mode) at each detection size (long
     side), and of the full per-input preparation (data_prep.human_video.process_video: every
     frame, default detection size, PnP, 224x392 H.264 output, start-up included)."""

@@ -247,6 +247,7 @@ def test_interrupted_job_resumes(tmp_path):
 # ---- real footage from ../shared/data -----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_interrupted_job_with_hands_resumes_to_identical_shards(shared_data, tmp_path):
     inputs = tmp_path / "in"
