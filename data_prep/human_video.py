@@ -8,8 +8,9 @@ Inputs: video files (mp4, webm, mov, mkv, avi), GIFs, and folders of jpg/png fra
 `--image_fps`), found recursively. Per input: decode at `--fps` (nearest frames) with the long
 side capped at `--detect_max_side`, run MediaPipe on every frame (tracking mode, both hands), fit
 each hand's metric world landmarks to its image landmarks with PnP under intrinsics K (given as
-`--intrinsics '[fx, fy, cx, cy]'` in pixels of the source resolution, else assumed from `--hfov_deg`), optionally
-smooth, resize + centre-crop the frames to `--size`, and cut into segments of `--segment_frames`.
+`--intrinsics '[fx, fy, cx, cy]'` in pixels of the source resolution, else assumed from
+`--hfov_deg`), optionally smooth, resize + centre-crop the frames to `--size`, and cut into
+segments of `--segment_frames` (`--segment-frames` works too).
 Frames without a hand are invalid (zeros, hands_valid False). Inputs that cannot be decoded or
 show no hand are skipped with the reason in manifest.json; truncated inputs keep what decoded and
 dropped segments are listed under manifest "notes". Re-running the command resumes.
