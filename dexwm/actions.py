@@ -82,9 +82,14 @@ class Normalizer(nn.Module):
         self.register_buffer("fitted", torch.tensor(False))
 
     def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        mean, std = (
+            torch.as_tensor(mean, dtype=torch.float32),
+            torch.as_tensor(std, dtype=torch.float32),
+        )
         if mean.shape != self.mean.shape or std.shape != self.std.shape:
-            raise ValueError(f"stats of shape {tuple(mean.shape)} for a normaliser of dim {self.mean.numel()}")
+            raise ValueError(
+                f"stats of shape {tuple(mean.shape)} for a normaliser of dim {self.mean.numel()}"
+            )
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("normalisation statistics contain NaN/inf")
         self.mean.copy_(mean)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from dexwm.datamodule import ShardDataModule
@@ -20,6 +22,34 @@ class WorldModelCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(WorldModelModule, ShardDataModule, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        """`--checkpoint.*`: periodic checkpoints + last.ckpt in <default_root_dir>/checkpoints, so
+        `--ckpt_path last` resumes a killed run."""
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": -1,
+                "checkpoint.every_n_train_steps": 250,
+            }
+        )
+        parser.link_arguments(
+            "trainer.default_root_dir",
+            "checkpoint.dirpath",
+            compute_fn=lambda d: os.path.join(d or ".", "checkpoints"),
+        )
+
+    def instantiate_trainer(self, **kwargs):
+        """Unless the config names loggers, log to CSV and TensorBoard under default_root_dir."""
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("logger") in (None, True):
+            root = cfg.get("default_root_dir") or "runs/train"
+            csv = CSVLogger(root, name="logs")
+            kwargs["logger"] = [csv, TensorBoardLogger(root, name="logs", version=csv.version)]
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         self.model.run_config = plain(self.config.get(self.subcommand, self.config))

@@ -20,7 +20,9 @@ from dexwm.video import decode_video
 @dataclass
 class ClipConfig:
     num_frames: int = 4  # context frames + 1 target
-    mode: str = "window"  # "window": random sorted frames within window_s (DexWM); "fixed": every `gap`
+    mode: str = (
+        "window"  # "window": random sorted frames within window_s (DexWM); "fixed": every `gap`
+    )
     window_s: float = 4.0
     gap: int = 1
     clips_per_sample: int = 1
@@ -36,7 +38,9 @@ class ClipConfig:
             raise ValueError("a clip needs at least 2 frames (context + target)")
 
 
-def sample_indices(T: int, fps: float, cfg: ClipConfig, rng: np.random.Generator) -> np.ndarray | None:
+def sample_indices(
+    T: int, fps: float, cfg: ClipConfig, rng: np.random.Generator
+) -> np.ndarray | None:
     """Frame indices (num_frames,) sorted ascending, or None if the sample is too short."""
     n = cfg.num_frames
     if cfg.mode == "fixed":
@@ -75,7 +79,9 @@ def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[
             break
         valid = sample["hands_valid.npy"][idx]  # (T, 2)
         camera = torch.from_numpy(sample["camera.npy"][idx]) if cam_ok else None
-        actions = keypoint_actions(torch.from_numpy(sample["hands.npy"][idx]), torch.from_numpy(valid), camera)
+        actions = keypoint_actions(
+            torch.from_numpy(sample["hands.npy"][idx]), torch.from_numpy(valid), camera
+        )
         clip = {
             "actions": actions.numpy(),
             "dt": (np.diff(idx) / fps).astype(np.float32),

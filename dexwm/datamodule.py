@@ -7,7 +7,7 @@ from dataclasses import asdict
 import lightning as L
 
 from dexwm.clips import ClipConfig
-from dexwm.loader import BAD, DataSource, make_loader, source_from
+from dexwm.loader import BAD, DataSource, Epoch, make_loader, source_from
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -32,12 +32,19 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         self.train_sources = [source_from(s) for s in (train or [])]
         if not self.train_sources:
-            raise ValueError("data.train: give at least one source (paths of shard folders or files)")
+            raise ValueError(
+                "data.train: give at least one source (paths of shard folders or files)"
+            )
         self.val_sources = [source_from(s) for s in (val or [])]
         self.clip = clip or ClipConfig()
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.resampled, self.epoch_batches, self.val_batches = resampled, epoch_batches, val_batches
         self.on_bad, self.stats_clips, self.seed = on_bad, stats_clips, seed
+        self.epoch = Epoch()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every training epoch: reseeds shard order, shuffling, sampling."""
+        self.epoch.value = int(epoch)
 
     def describe(self) -> dict:
         return {
@@ -50,7 +57,7 @@ class ShardDataModule(L.LightningDataModule):
         return make_loader(
             self.train_sources, self.clip, batch_size=self.batch_size, num_workers=self.num_workers,
             shuffle=self.shuffle, resampled=self.resampled, epoch_batches=self.epoch_batches,
-            seed=self.seed + 7919 * (self.trainer.current_epoch if self.trainer else 0), on_bad=self.on_bad,
+            seed=self.seed, on_bad=self.on_bad, epoch=self.epoch,
         )  # fmt: skip
 
     def val_dataloader(self):

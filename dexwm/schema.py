@@ -3,7 +3,9 @@
 One webdataset sample = one clip of one camera at a fixed size and frame rate. Arrays are stored as
 `.npy`, metadata as `meta.json`; frames as `frames.mp4` (H.264) or `frames.npy` (uint8 T,H,W,3).
 Hands are indexed (left, right); keypoints follow the MediaPipe / MANO order (wrist, thumb 1-4,
-index 1-4, middle 1-4, ring 1-4, little 1-4).
+index 1-4, middle 1-4, ring 1-4, little 1-4). 3D points are in the camera frame, OpenCV convention
+(x right, y down, z forward), metres. Pixel coordinates are continuous: pixel column i spans
+[i, i+1), its centre is at i + 0.5 (so u = fx * x / z + cx with cx = W / 2 for a centred camera).
 """
 
 from __future__ import annotations

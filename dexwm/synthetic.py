@@ -33,8 +33,10 @@ def _keypoints(center: np.ndarray, spread: float) -> np.ndarray:
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
-    bg = np.stack([0.3 + 0.2 * xx, 0.3 + 0.2 * yy, 0.35 + 0.1 * np.sin(6 * xx) * np.cos(5 * yy)], -1)
-    bg += rng.normal(0, 0.02, bg.shape)
+    bg = np.stack(
+        [0.3 + 0.2 * xx, 0.3 + 0.2 * yy, 0.35 + 0.1 * np.sin(6 * xx) * np.cos(5 * yy)], -1
+    )
+    bg += rng.normal(0, 0.005, bg.shape)
     return bg
 
 
@@ -50,7 +52,9 @@ def render(kp_uv: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def make_episode(seed: int, T: int = 20, size: int = 128, fps: float = 10.0, fmt: str = "mp4") -> dict:
+def make_episode(
+    seed: int, T: int = 20, size: int = 128, fps: float = 10.0, fmt: str = "mp4"
+) -> dict:
     rng = np.random.default_rng(seed)
     K = np.array([[FOCAL, 0, size / 2], [0, FOCAL, size / 2], [0, 0, 1]])
     half = 0.5 * size / FOCAL * DEPTH * 0.6  # keep the hand well inside the image
@@ -78,8 +82,14 @@ def make_episode(seed: int, T: int = 20, size: int = 128, fps: float = 10.0, fmt
         "hands_valid.npy": valid,
         "camera.npy": np.zeros((T, 6), np.float32),
         "meta.json": make_meta(
-            source="synthetic", embodiment="human", fps=fps, size=(size, size),
-            intrinsics=K.tolist(), licence="generated", camera_valid=True, seed=seed,
+            source="synthetic",
+            embodiment="human",
+            fps=fps,
+            size=(size, size),
+            intrinsics=K.tolist(),
+            licence="generated",
+            camera_valid=True,
+            seed=seed,
         ),  # fmt: skip
     }
     if fmt == "mp4":

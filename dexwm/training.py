@@ -44,7 +44,9 @@ class OptimConfig:
 def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -62,7 +64,12 @@ class WorldModelModule(L.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.wm = WorldModel(encoder or EncoderSpec(), predictor or PredictorConfig(), hand_head, feature_norm=feature_norm)
+        self.wm = WorldModel(
+            encoder or EncoderSpec(),
+            predictor or PredictorConfig(),
+            hand_head,
+            feature_norm=feature_norm,
+        )
         self.loss_cfg, self.optim_cfg = loss or LossConfig(), optim or OptimConfig()
         self.init_from = init_from
         self.run_config: dict = {}  # set by the CLI: the resolved config of this run
@@ -81,7 +88,9 @@ class WorldModelModule(L.LightningModule):
         T = dm.clip.num_frames - 1
         W = self.wm.pred_cfg.max_frames
         if T > W:
-            raise ValueError(f"data.clip.num_frames={dm.clip.num_frames} needs model.predictor.max_frames >= {T}, got {W}")
+            raise ValueError(
+                f"data.clip.num_frames={dm.clip.num_frames} needs model.predictor.max_frames >= {T}, got {W}"
+            )
         if T < W:
             warnings.warn(f"clips train positions 0..{T - 1} of max_frames={W}", stacklevel=2)
         if stage == "fit" and not bool(self.wm.action_norm.fitted):
@@ -89,10 +98,14 @@ class WorldModelModule(L.LightningModule):
                 dm.train_sources, dm.clip, dm.stats_clips, encode=lambda f: self.wm.encoder(f).cpu(),
                 progress=self.trainer.is_global_zero,
             )  # fmt: skip
-            self.wm.action_norm.set_stats(torch.tensor(stats["action_mean"]), torch.tensor(stats["action_std"]))
+            self.wm.action_norm.set_stats(
+                torch.tensor(stats["action_mean"]), torch.tensor(stats["action_std"])
+            )
             if self.wm.feature_norm:
-                self.wm.feat_norm.set_stats(torch.tensor(stats["feat_mean"]), torch.tensor(stats["feat_std"]))
-            if self.trainer.is_global_zero and self.trainer.log_dir:
+                self.wm.feat_norm.set_stats(
+                    torch.tensor(stats["feat_mean"]), torch.tensor(stats["feat_std"])
+                )
+            if self.trainer.is_global_zero and self.trainer.loggers and self.trainer.log_dir:
                 save_stats(Path(self.trainer.log_dir) / "stats.json", stats)
 
     # ----- losses -----------------------------------------------------------------------------
@@ -106,7 +119,7 @@ class WorldModelModule(L.LightningModule):
         out = torch.empty_like(uv)
         for hw in frame_hw.unique(dim=0):
             sel = (frame_hw == hw).all(-1)
-            out[sel] = self.wm.uv_to_input(uv[sel], (int(hw[0]), int(hw[1])))
+            out[sel] = self.wm.uv_to_heatmap(uv[sel], (int(hw[0]), int(hw[1])))
         return out
 
     def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -115,27 +128,41 @@ class WorldModelModule(L.LightningModule):
         pred = self.wm.predict(feats, actions, dt)  # (B, T, N, D)
         losses = {"feat": feature_loss(pred, feats[:, 1:], self.loss_cfg.feature)}
         if self.wm.hand_head is not None and self.loss_cfg.hand_weight > 0:
-            uv = self._uv_to_heatmap(batch["hands_uv"][:, 1:], batch["frame_hw"])  # (B, T, 2, 21, 2)
+            uv = self._uv_to_heatmap(
+                batch["hands_uv"][:, 1:], batch["frame_hw"]
+            )  # (B, T, 2, 21, 2)
             hm = self.wm.heatmaps(pred)  # (B, T, 12, H, W)
-            losses["hand"] = hand_loss(hm, uv, batch["hands_visible"][:, 1:], self.wm.hand_cfg.sigma)
+            losses["hand"] = hand_loss(hm, uv, batch["hands_visible"][:, 1:], self.wm.heatmap_sigma)
         k = self.loss_cfg.rollout_steps
         if k > 0:
             C = feats.shape[1] - k
             if C < 1:
                 raise ValueError(f"loss.rollout_steps={k} needs clips of more than {k} frames")
-            roll = self.wm.rollout(feats[:, :C], actions[:, : C - 1], dt[:, : C - 1], actions[:, C - 1 :], dt[:, C - 1 :])
+            roll = self.wm.rollout(
+                feats[:, :C],
+                actions[:, : C - 1],
+                dt[:, : C - 1],
+                actions[:, C - 1 :],
+                dt[:, C - 1 :],
+            )
             losses["rollout"] = feature_loss(roll, feats[:, C:], self.loss_cfg.feature)
         return losses
 
     def weighted_total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        w = {"feat": 1.0, "hand": self.loss_cfg.hand_weight, "rollout": self.loss_cfg.rollout_weight}
+        w = {
+            "feat": 1.0,
+            "hand": self.loss_cfg.hand_weight,
+            "rollout": self.loss_cfg.rollout_weight,
+        }
         return sum(w[k] * v for k, v in losses.items())
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(batch)
         total = self.weighted_total(losses)
         if not torch.isfinite(total):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: {({k: v.item() for k, v in losses.items()})}")
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: { ({k: v.item() for k, v in losses.items()}) }"
+            )
         B = batch["actions"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=B)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=B)
@@ -157,7 +184,9 @@ class WorldModelModule(L.LightningModule):
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
         total = self.trainer.estimated_stepping_batches
         if not total or total == float("inf"):
-            raise ValueError("OneCycle needs a finite schedule: set trainer.max_steps (or max_epochs with epoch_batches)")
+            raise ValueError(
+                "OneCycle needs a finite schedule: set trainer.max_steps (or max_epochs with epoch_batches)"
+            )
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=o.lr, total_steps=int(total), pct_start=o.pct_start,
             div_factor=o.div_factor, final_div_factor=o.final_div_factor,
@@ -167,17 +196,26 @@ class WorldModelModule(L.LightningModule):
     # ----- checkpoints ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         enc = self.data_encoder or (
-            self.wm._encoder.describe() if self.wm._encoder is not None else self.wm.encoder_spec.to_dict()
+            self.wm._encoder.describe()
+            if self.wm._encoder is not None
+            else self.wm.encoder_spec.to_dict()
         )
         checkpoint["dexwm"] = {
             "world_model": self.wm.ctor_args(),
             "encoder": enc,
             "loss": asdict(self.loss_cfg),
-            "optim": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.optim_cfg).items()},
+            "optim": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.optim_cfg).items()
+            },
             "config": self.run_config,
             "git_commit": git_commit(),
         }
         checkpoint.pop("hyper_parameters", None)
+
+    def on_train_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         for enc in batch.get("encoder") or []:

@@ -46,7 +46,12 @@ class WorldModel(nn.Module):
         self.feat_norm = Normalizer(D)
         self.predictor = Predictor(D, N, action_dim, self.pred_cfg)
         self.hand_head = (
-            HandHead(D, tuple(self.shape["grid"]), self.encoder_spec.input_size, self.hand_cfg)
+            HandHead(
+                D,
+                tuple(self.shape["grid"]),
+                self.hand_cfg.heatmap_size(self.encoder_spec.input_size),
+                self.hand_cfg,
+            )
             if self.hand_cfg is not None
             else None
         )
@@ -80,11 +85,15 @@ class WorldModel(nn.Module):
         return wm.eval()
 
     def save(self, path: str | Path, **extra) -> None:
-        from dexwm.shards import atomic_write_bytes
         import io
 
+        from dexwm.shards import atomic_write_bytes
+
         buf = io.BytesIO()
-        torch.save({"state_dict": self.state_dict(), "dexwm": dict(world_model=self.ctor_args(), **extra)}, buf)
+        torch.save(
+            {"state_dict": self.state_dict(), "dexwm": dict(world_model=self.ctor_args(), **extra)},
+            buf,
+        )
         atomic_write_bytes(path, buf.getvalue())
 
     # ----- encoder ----------------------------------------------------------------------------
@@ -136,7 +145,8 @@ class WorldModel(nn.Module):
         return self.predictor.rollout(context, ca, context_dt, self.action_norm(actions), dt)
 
     def heatmaps(self, feats: torch.Tensor) -> torch.Tensor:
-        """features (..., N, D) -> hand heatmaps (..., 12, H, W) at the encoder input size."""
+        """features (..., N, D) -> hand heatmaps (..., 12, h, w); (h, w) = hand_cfg.scale x input size
+        (see `uv_to_heatmap`)."""
         if self.hand_head is None:
             raise RuntimeError("this model was built without a hand head")
         lead = feats.shape[:-2]
@@ -144,5 +154,14 @@ class WorldModel(nn.Module):
         return hm.reshape(*lead, *hm.shape[1:])
 
     def uv_to_input(self, uv: torch.Tensor, src_hw: tuple[int, int]) -> torch.Tensor:
-        """Pixels of stored frames (..., 2) -> pixels of the encoder input / heatmaps."""
+        """Pixels of stored frames (..., 2) -> pixels of the encoder input."""
         return transform_uv(uv, self.encoder_spec.input_size, src_hw)
+
+    def uv_to_heatmap(self, uv: torch.Tensor, src_hw: tuple[int, int]) -> torch.Tensor:
+        """Pixels of stored frames (..., 2) -> pixels of the hand heatmaps."""
+        return self.uv_to_input(uv, src_hw) * self.hand_cfg.scale
+
+    @property
+    def heatmap_sigma(self) -> float:
+        """Gaussian target width in heatmap pixels."""
+        return self.hand_cfg.sigma * self.hand_cfg.scale

@@ -1,0 +1,155 @@
+"""Loader: real shards through webdataset and the real video decoder; bad input is named."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _data import synthetic_shards
+
+from dexwm.actions import keypoint_actions
+from dexwm.clips import ClipConfig, make_clips, sample_indices
+from dexwm.loader import BAD, DataSource, ShardError, expand_paths, make_loader
+from dexwm.schema import SchemaError
+from dexwm.shards import samples_to_tar_bytes, shard_paths
+from dexwm.stats import compute_stats
+from dexwm.synthetic import make_episode
+
+
+def first_batch(sources, cfg, **kw):
+    kw.setdefault("batch_size", 4)
+    return next(iter(make_loader(sources, cfg, **kw)))
+
+
+def test_batches_from_mp4_shards(tmp_path_factory):
+    root = synthetic_shards(tmp_path_factory)
+    cfg = ClipConfig(num_frames=4, mode="fixed", gap=2)
+    b = first_batch([DataSource([str(root)])], cfg, shuffle=0)
+    assert b["frames"].shape == (4, 4, 128, 128, 3) and b["frames"].dtype == torch.uint8
+    assert b["actions"].shape == (4, 3, 134) and b["dt"].shape == (4, 3)
+    torch.testing.assert_close(b["dt"], torch.full((4, 3), 0.2))
+    # frames and actions are those of the picked indices of the right episode
+    seed = int(b["key"][0].split("/")[1][2:])
+    ep = make_episode(seed, T=12, fmt="npy")
+    idx = b["indices"][0].numpy()
+    err = np.abs(b["frames"][0].numpy().astype(int) - ep["frames.npy"][idx]).mean(axis=(1, 2, 3))
+    assert err.max() < 2.0  # H.264 at crf 18
+    shifted = np.abs(b["frames"][0].numpy().astype(int) - ep["frames.npy"][np.roll(idx, 1)]).mean(
+        axis=(1, 2, 3)
+    )
+    assert (shifted > err).all()  # other frames differ more: these are the picked frames
+    ref = keypoint_actions(
+        torch.from_numpy(ep["hands.npy"][idx]), torch.from_numpy(ep["hands_valid.npy"][idx])
+    )
+    torch.testing.assert_close(b["actions"][0], ref)
+
+
+def test_window_sampling_is_sorted_and_inside_window():
+    rng = np.random.default_rng(0)
+    cfg = ClipConfig(num_frames=9, mode="window", window_s=4.0)
+    for _ in range(200):
+        idx = sample_indices(100, 10.0, cfg, rng)
+        assert len(set(idx)) == 9 and np.all(np.diff(idx) > 0) and idx[-1] - idx[0] <= 40
+    assert sample_indices(5, 10.0, cfg, rng) is None  # too short for 9 frames
+    gaps = {tuple(np.diff(sample_indices(100, 10.0, cfg, rng))) for _ in range(20)}
+    assert len(gaps) > 10  # irregular gaps, as DexWM
+
+
+def test_mixing_follows_weights(tmp_path):
+    from dexwm.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "a", episodes=8, T=6, seed=0, fmt="npy")
+    write_synthetic(tmp_path / "b", episodes=8, T=6, seed=100, fmt="npy")
+    cfg = ClipConfig(num_frames=2, mode="fixed", clips_per_sample=1)
+    srcs = [
+        DataSource([str(tmp_path / "a")], weight=3.0),
+        DataSource([str(tmp_path / "b")], weight=1.0),
+    ]
+    loader = make_loader(srcs, cfg, batch_size=8, resampled=True, epoch_batches=50, shuffle=0)
+    keys = [k for batch in loader for k in batch["key"]]
+    frac_a = np.mean([int(k.split("/")[1][2:]) < 100 for k in keys])
+    assert len(keys) == 400 and 0.68 < frac_a < 0.82
+
+
+def _write_tar(path, samples):
+    path.write_bytes(samples_to_tar_bytes(samples))
+    return str(path)
+
+
+def test_truncated_shard_raises_naming_it_or_is_skipped(tmp_path):
+    good = make_episode(1, T=6, fmt="npy")
+    data = samples_to_tar_bytes([make_episode(i, T=6, fmt="npy") for i in range(3)])
+    bad = tmp_path / "broken.tar"
+    bad.write_bytes(data[: len(data) // 2])
+    ok = _write_tar(tmp_path / "ok.tar", [good])
+    cfg = ClipConfig(num_frames=2, mode="fixed")
+    with pytest.raises(ShardError, match="broken.tar"):
+        list(make_loader([DataSource([str(bad)])], cfg, batch_size=1, shuffle=0))
+    before = BAD["shards"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = list(
+            make_loader([DataSource([str(bad), ok])], cfg, batch_size=1, shuffle=0, on_bad="skip")
+        )
+    assert BAD["shards"] == before + 1
+    assert "ep00001" in [b["key"][0].split("/")[1] for b in out]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s["meta.json"].update(schema_version=2), "schema_version=2"),
+        (
+            lambda s: s.update({"hands.npy": s["hands.npy"][:, :, :20]}),
+            r"hands.npy has shape \(6, 2, 20, 3\)",
+        ),
+        (
+            lambda s: s["hands.npy"].__setitem__((3, 1, 0, 0), np.inf),
+            "hands.npy has NaN/inf at frame 3, hand 1",
+        ),
+        (
+            lambda s: s.update({"camera.npy": np.zeros((5, 6), np.float32)}),
+            r"camera.npy has shape \(5, 6\)",
+        ),
+    ],
+)
+def test_bad_samples_named(tmp_path, mutate, message):
+    s = make_episode(3, T=6, fmt="npy")
+    mutate(s)
+    url = _write_tar(tmp_path / "bad-sample.tar", [s])
+    with pytest.raises(SchemaError, match=f"bad-sample.tar.*{message}"):
+        list(make_loader([DataSource([url])], ClipConfig(num_frames=2), batch_size=1, shuffle=0))
+
+
+def test_empty_or_missing_sources(tmp_path):
+    with pytest.raises(ValueError, match="no shards found"):
+        expand_paths([str(tmp_path / "*.tar")])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        expand_paths([str(tmp_path / "nope.tar")])
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        shard_paths(tmp_path)
+    with pytest.raises(ValueError, match="no data sources"):
+        make_loader([], ClipConfig(), batch_size=1)
+
+
+def test_make_clips_is_pure_and_uses_feats_when_present():
+    s = make_episode(0, T=8, fmt="npy")
+    s["feats.npy"] = np.random.default_rng(0).normal(size=(8, 16, 320)).astype(np.float16)
+    s["meta.json"]["encoder"] = {"name": "x"}
+    cfg = ClipConfig(num_frames=3, mode="fixed", gap=1, clips_per_sample=2)
+    a = make_clips(s, cfg, np.random.default_rng(5))
+    b = make_clips(s, cfg, np.random.default_rng(5))
+    assert len(a) == 2 and "frames" not in a[0] and a[0]["feats"].shape == (3, 16, 320)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["indices"], y["indices"])
+        np.testing.assert_array_equal(x["feats"], s["feats.npy"][x["indices"]].astype(np.float32))
+
+
+def test_stats_are_deterministic(tmp_path_factory):
+    root = synthetic_shards(tmp_path_factory)
+    cfg = ClipConfig(num_frames=3, mode="fixed")
+    a = compute_stats([DataSource([str(root)])], cfg, max_clips=20, progress=False)
+    b = compute_stats([DataSource([str(root)])], cfg, max_clips=20, progress=False)
+    assert a == b and a["clips"] >= 12
+    std = np.array(a["action_std"])
+    assert std[63:126].max() > 0 and std[:63].max() == 0  # right hand moves, no left hand
