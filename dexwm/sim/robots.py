@@ -189,8 +189,18 @@ _SHADOW_SITES = {
     "palm": ("rh_palm", (0.0, -0.012, 0.05)),  # centre of the inner palm face
 }
 SHADOW_ROOT_JOINTS = ("x", "y", "z", "rx", "ry", "rz")
-SHADOW_ROOT_POS = (0.2, 0.0, 0.25)  # the root frame; root joints move the hand from here
-SHADOW_ROOT_RANGE = ((-0.4, 0.8), (-0.5, 0.5), (-0.2, 0.5), (-3.2, 3.2), (-1.6, 1.6), (-3.2, 3.2))
+# Root frame at the forearm's elbow end; at zero root joints the palm faces down 20 cm above the
+# table centre with the fingers pointing to the robot's right, like the Allegro's rest pose.
+SHADOW_ROOT_POS = (0.5, 0.297, 0.222)
+SHADOW_HAND_QUAT = (0.0, 0.70710678, -0.70710678, 0.0)
+SHADOW_ROOT_RANGE = (
+    (-0.25, 0.25),
+    (-0.3, 0.2),
+    (-0.15, 0.25),
+    (-1.2, 1.2),
+    (-1.2, 1.2),
+    (-1.2, 1.2),
+)
 
 
 def build_shadow(spec: mujoco.MjSpec, menagerie: str | None, home_root) -> RobotInfo:
@@ -243,7 +253,7 @@ def build_shadow(spec: mujoco.MjSpec, menagerie: str | None, home_root) -> Robot
             armature=0.05 if slide else 0.01,
         )
         gains.append(2000.0 if slide else 200.0)
-    spec.attach(hand, prefix=SHADOW_PREFIX, frame=body.add_frame())
+    spec.attach(hand, prefix=SHADOW_PREFIX, frame=body.add_frame(quat=list(SHADOW_HAND_QUAT)))
     for i, name in enumerate(SHADOW_ROOT_JOINTS):
         kp = gains[i]
         spec.add_actuator(
@@ -281,6 +291,7 @@ TCP_OFFSET = 0.1034  # flange-to-fingertip-centre distance along the hand's z ax
 def build_panda_gripper(spec: mujoco.MjSpec, menagerie: str | None, home_arm) -> RobotInfo:
     """Attach the Panda with its parallel gripper to the scene (base at the world origin)."""
     arm = _panda("panda", menagerie)
+    arm.add_exclude(bodyname1="left_finger", bodyname2="right_finger")  # they touch when closed
     arm.body("hand").add_site(name="tcp", pos=[0, 0, TCP_OFFSET], size=[0.004], group=4)
     spec.attach(arm, prefix=PANDA_PREFIX, frame=spec.worldbody.add_frame())
     return RobotInfo(

@@ -60,7 +60,7 @@ _GEOM_TYPE = {
 # right (toward the camera), the posture every task starts from.
 ALLEGRO_HOME_ARM = (0.19, 0.43, 0.15, -2.15, -1.32, 1.35, 0.26)
 PANDA_HOME_ARM = (0.0, 0.1, 0.0, -2.2, 0.0, 2.3, 0.785)
-SHADOW_HOME_ROOT = (0.0, 0.0, 0.0, 1.5708, 0.5, 0.0)
+SHADOW_HOME_ROOT = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def object_body(name: str) -> str:
@@ -126,6 +126,7 @@ def build_spec(
         raise ValueError(f"unknown embodiment {embodiment!r}; known: {robots.EMBODIMENTS}")
     spec = mujoco.MjSpec()
     spec.modelname = f"dexwm_{embodiment}"
+    spec.compiler.degree = False  # joint ranges below are in radians
     spec.option.timestep = TIMESTEP
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC
