@@ -14,7 +14,8 @@ little-finger slot), DexWM's DROID mapping for the parallel gripper.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import mujoco
 import numpy as np
@@ -34,6 +35,19 @@ def _quat_to_mat(quat: np.ndarray) -> np.ndarray:
 def _skew(v: np.ndarray) -> np.ndarray:
     x, y, z = v
     return np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]], float)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch ops on one intra-op thread inside the block (restored after). FK is ~150 small
+    element-wise ops: extra OpenMP threads only add synchronisation, measured up to 30x slower
+    with 2 threads on a busy 2-core machine. Wrap a backward pass through FK in it as well."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def _as_slice(index: list[int]) -> slice | list[int]:
@@ -201,6 +215,12 @@ class TreeFK(torch.nn.Module):
         """q (N, J) joint positions -> (N, S, 3) world site positions (q's dtype)."""
         if q.ndim != 2 or q.shape[1] != self.n_joints:
             raise ValueError(f"q must be (N, {self.n_joints}), got {tuple(q.shape)}")
+        if q.device.type != "cpu":
+            return self._forward(q)
+        with single_thread():
+            return self._forward(q)
+
+    def _forward(self, q: torch.Tensor) -> torch.Tensor:
         c = self._constants(q.dtype, q.device)
         N = q.shape[0]
         angles = torch.cat([q - c["qpos0"], c["consts"].expand(N, -1)], dim=1)  # (N, J + C)

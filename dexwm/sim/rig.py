@@ -251,10 +251,9 @@ class Rig:
     def goal_image(self, task: str, episode: int, size: int | None = None) -> np.ndarray:
         """(H, W, 3) uint8 render of the goal state of evaluation episode (task, episode); the
         running simulation is not disturbed."""
-        ep = self.episode
+        previous, ep = self.object, self.episode  # sampling an episode may switch objects
         if ep is None or (ep.task, ep.index) != (task, episode):
             ep = tasks.make_episode(self, task, episode)
-        previous = self.object
         image = self.render(size, self.state_data(ep.goal_joints, ep.object, ep.goal_object))
         if previous is not None:
             self._activate(previous)
