@@ -5,7 +5,7 @@
 its anchor by q - qpos0; slide: translate along its axis). Bodies without joints are folded into
 their children at build time, and bodies at the same depth of the remaining tree are processed
 together, so the cost is ~11 batched steps for the Allegro-on-Panda (7 arm + 4 finger levels)
-whatever the batch size: ~1-2 ms for 512 x 3 configurations on one CPU core.
+whatever the batch size: a few ms for 512 x 3 configurations on one CPU core (bench/sim.py).
 
 `KeypointFK` turns commanded joints into the 21 right-hand keypoints in the camera frame, the
 planner's action space (DESIGN.md s.2): hand sites for hands (the Allegro's ring finger fills the
@@ -30,11 +30,6 @@ def _quat_to_mat(quat: np.ndarray) -> np.ndarray:
     mat = np.zeros(9)
     mujoco.mju_quat2Mat(mat, np.asarray(quat, float))
     return mat.reshape(3, 3)
-
-
-def _skew(v: np.ndarray) -> np.ndarray:
-    x, y, z = v
-    return np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]], float)
 
 
 @contextmanager

@@ -189,6 +189,8 @@ _SHADOW_SITES = {
     "palm": ("rh_palm", (0.0, -0.012, 0.05)),  # centre of the inner palm face
 }
 SHADOW_ROOT_JOINTS = ("x", "y", "z", "rx", "ry", "rz")
+SHADOW_ROOT_KP = (2000.0, 200.0)  # slides (N/m), hinges (N m/rad): a stiff "arm" for the hand
+SHADOW_FINGER_KP = 2.0
 # Root frame at the forearm's elbow end; at zero root joints the palm faces down 20 cm above the
 # table centre with the fingers pointing to the robot's right, like the Allegro's rest pose.
 SHADOW_ROOT_POS = (0.5, 0.297, 0.222)
@@ -229,15 +231,14 @@ def build_shadow(spec: mujoco.MjSpec, menagerie: str | None, home_root) -> Robot
             trntype=mujoco.mjtTrn.mjTRN_JOINT,
             gaintype=mujoco.mjtGain.mjGAIN_FIXED,
             biastype=mujoco.mjtBias.mjBIAS_AFFINE,
-            gainprm=[2.0] + [0] * 9,
-            biasprm=[0, -2.0, -0.1] + [0] * 7,
+            gainprm=[SHADOW_FINGER_KP] + [0] * 9,
+            biasprm=[0, -SHADOW_FINGER_KP, -0.1] + [0] * 7,
             ctrlrange=list(joint.range),
             forcerange=[-5, 5],
         )
     hand.option.cone = spec.option.cone
     # root chain: slide x, y, z then hinge x, y, z, one light body per joint
     body = spec.worldbody.add_body(name=SHADOW_PREFIX + "root", pos=list(SHADOW_ROOT_POS))
-    gains = []
     for i, name in enumerate(SHADOW_ROOT_JOINTS):
         if i:
             body = body.add_body(name=f"{SHADOW_PREFIX}root_{name}")
@@ -252,10 +253,9 @@ def build_shadow(spec: mujoco.MjSpec, menagerie: str | None, home_root) -> Robot
             damping=20.0 if slide else 2.0,
             armature=0.05 if slide else 0.01,
         )
-        gains.append(2000.0 if slide else 200.0)
     spec.attach(hand, prefix=SHADOW_PREFIX, frame=body.add_frame(quat=list(SHADOW_HAND_QUAT)))
     for i, name in enumerate(SHADOW_ROOT_JOINTS):
-        kp = gains[i]
+        kp = SHADOW_ROOT_KP[i >= 3]
         spec.add_actuator(
             name=f"{SHADOW_PREFIX}a_{name}",
             target=SHADOW_PREFIX + name,
