@@ -159,13 +159,86 @@ def bench_mp4_encoding(frames: int = 128, size: tuple[int, int] = (224, 392)) ->
     }
 
 
-def main(frames: int = 150, out: Path = REPO / "bench" / "results" / "data.json") -> dict:
-    """Run the data benchmarks, print them, merge them into `out`."""
-    results = {
-        "hand_extraction": bench_hand_extraction(frames),
-        "mp4_encoding": bench_mp4_encoding(),
-        "shard_writing": bench_shard_writing(),
+def _loader_sample(i: int, T: int, hw: tuple[int, int], tokens: int, dim: int, fmt: str) -> dict:
+    """A clip with smooth moving content (H.264-friendly), keypoints, and random cached features."""
+    from dexwm.synthetic import make_episode
+
+    base = make_episode(i, T=T, size=max(hw), fmt="npy")
+    frames = base.pop("frames.npy")[:, : hw[0], : hw[1]]
+    base["meta.json"]["size"] = list(hw)
+    if fmt == "frames":
+        base["frames.mp4"] = encode_mp4(np.ascontiguousarray(frames), 10.0)
+    else:
+        rng = np.random.default_rng(i)
+        base["feats.npy"] = rng.normal(size=(T, tokens, dim)).astype(np.float16)
+        base["meta.json"]["encoder"] = {"name": "bench", "checksum": "0", "input_size": list(hw)}
+    return base
+
+
+def _loader_process(args: tuple) -> list[dict]:
+    return [_loader_sample(*args)]
+
+
+def bench_loader(clips: int = 200, samples: int = 16) -> dict:
+    """Loader clips/s (webdataset read, decode, validation, clip sampling, actions, batching) for
+    raw-frame (H.264) and cached-feature shards, at the tiny clip size (4 frames of 128x128, 16x320
+    features) and DexWM's (9 frames of 224x392, 448x1024 features), with 1 and 2 workers."""
+    from dexwm.clips import ClipConfig
+    from dexwm.loader import DataSource, make_loader
+
+    sizes = {
+        "tiny": dict(frames=4, hw=(128, 128), tokens=16, dim=320),
+        "paper": dict(frames=9, hw=(224, 392), tokens=448, dim=1024),
     }
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, c in sizes.items():
+            for fmt in ("frames", "feats"):
+                root = Path(tmp) / f"{size}-{fmt}"
+                items = [
+                    (str(i), (i, 40, c["hw"], c["tokens"], c["dim"], fmt)) for i in range(samples)
+                ]
+                run_shard_job(
+                    items, _loader_process, root, config={}, items_per_shard=4, progress=False
+                )
+                for workers in (1, 2):
+                    cfg = ClipConfig(
+                        num_frames=c["frames"], mode="window", window_s=4.0, clips_per_sample=4
+                    )
+                    loader = make_loader([DataSource([str(root)])], cfg, batch_size=8, num_workers=workers,
+                                         resampled=True, shuffle=16)  # fmt: skip
+                    it = iter(loader)
+                    next(it)  # worker start-up and first shard
+                    n, t0 = 0, time.perf_counter()
+                    while n < clips:
+                        n += next(it)["actions"].shape[0]
+                    rate = n / (time.perf_counter() - t0)
+                    out[f"{size}_{fmt}_workers{workers}_clips_per_s"] = round(rate, 1)
+                    del it, loader
+    ts = REPO / "bench" / "results" / "train_step.json"
+    if ts.exists():
+        need = json.loads(ts.read_text())["cached_features"]["clips_per_s"]
+        out["tiny_training_consumes_clips_per_s"] = round(need, 1)
+        out["tiny_feats_loader_over_training"] = round(
+            out["tiny_feats_workers1_clips_per_s"] / need, 1
+        )
+    return out
+
+
+def main(
+    frames: int = 150,
+    out: Path = REPO / "bench" / "results" / "data.json",
+    only: list[str] | None = None,
+) -> dict:
+    """Run the data benchmarks (or `only` some of: hand_extraction, mp4_encoding, shard_writing,
+    loader), print them, merge them into `out`."""
+    runs = {
+        "hand_extraction": lambda: bench_hand_extraction(frames),
+        "mp4_encoding": bench_mp4_encoding,
+        "shard_writing": bench_shard_writing,
+        "loader": bench_loader,
+    }
+    results = {name: fn() for name, fn in runs.items() if not only or name in only}
     env = {
         "machine": platform.machine(),
         "cpus": os.cpu_count(),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,6 +68,17 @@ def keypoint_actions(
     d_cam = cam_state[..., 1:, :] - cam_state[..., :-1, :]
     d_rot = torch.remainder(d_cam[..., 3:] + math.pi, 2 * math.pi) - math.pi
     return torch.cat([d_hands.flatten(-3), d_cam[..., :3], d_rot, known.float()], dim=-1)
+
+
+def keypoint_actions_static(hands: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """NumPy fast path of `keypoint_actions` for one clip seen by a static camera (the loader's
+    common case): hands (T, 2, 21, 3), valid (T, 2) -> (T-1, ACTION_DIM) float32."""
+    known = valid[1:] & valid[:-1]  # (T-1, 2)
+    d = (hands[1:] - hands[:-1]).astype(np.float32) * known[:, :, None, None]  # (T-1, 2, 21, 3)
+    out = np.zeros((len(known), ACTION_DIM), np.float32)
+    out[:, :HAND_DIMS] = d.reshape(len(known), HAND_DIMS)
+    out[:, HAND_DIMS + CAMERA_DIMS :] = known
+    return out
 
 
 class Normalizer(nn.Module):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dexwm.actions import keypoint_actions
-from dexwm.schema import HEATMAP_EMBODIMENTS, sample_length
+from dexwm.actions import keypoint_actions, keypoint_actions_static
+from dexwm.schema import HEATMAP_EMBODIMENTS, SchemaError, sample_length
 from dexwm.video import decode_video
 
 
@@ -78,12 +78,14 @@ def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[
         if idx is None:
             break
         valid = sample["hands_valid.npy"][idx]  # (T, 2)
-        camera = torch.from_numpy(sample["camera.npy"][idx]) if cam_ok else None
-        actions = keypoint_actions(
-            torch.from_numpy(sample["hands.npy"][idx]), torch.from_numpy(valid), camera
-        )
+        camera = sample["camera.npy"][idx]
+        if cam_ok and camera.any():  # moving camera: express everything in the first frame's camera
+            t = torch.from_numpy
+            actions = keypoint_actions(t(sample["hands.npy"][idx]), t(valid), t(camera)).numpy()
+        else:
+            actions = keypoint_actions_static(sample["hands.npy"][idx], valid)
         clip = {
-            "actions": actions.numpy(),
+            "actions": actions,
             "dt": (np.diff(idx) / fps).astype(np.float32),
             "hands_uv": sample["hands_uv.npy"][idx].astype(np.float32),
             "hands_visible": valid & real_hands,
@@ -94,6 +96,10 @@ def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[
         }
         if use_feats:
             clip["feats"] = sample["feats.npy"][idx].astype(np.float32)
+            if not np.isfinite(clip["feats"]).all():
+                raise SchemaError(
+                    f"{sample.get('__url__', '?')} sample {sample['__key__']!r}: feats.npy has NaN/inf"
+                )
             clip["encoder"] = meta["encoder"]
         if not use_feats or cfg.with_frames:
             clip["frames"] = _frames(sample, idx)

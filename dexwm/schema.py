@@ -107,8 +107,7 @@ def validate_sample(sample: dict, *, need_frames: bool = False, need_feats: bool
         f = sample["feats.npy"]
         if f.ndim != 3 or f.shape[0] != T:
             raise SchemaError(f"{where}: feats.npy shape {f.shape}, expected ({T}, N, D)")
-        if not np.isfinite(f).all():
-            raise SchemaError(f"{where}: feats.npy has NaN/inf")
+        # (NaN/inf in features is checked on the frames a clip uses: a full scan costs too much)
         if "encoder" not in meta:
             raise SchemaError(f"{where}: feats.npy present but meta.json has no 'encoder' entry")
 

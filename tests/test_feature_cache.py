@@ -31,7 +31,11 @@ def test_cached_features_match_encoder(tmp_path_factory, tmp_path):
     ref = enc(torch.from_numpy(decode_video(sample["frames.mp4"]))).numpy()
     np.testing.assert_allclose(feats.astype(np.float32), ref, rtol=2e-3, atol=2e-3)
     meta = sample["meta.json"]["encoder"]
-    assert meta["checksum"] == enc.checksum and meta["grid"] == [4, 4] and meta["input_size"] == [128, 128]
+    assert (
+        meta["checksum"] == enc.checksum
+        and meta["grid"] == [4, 4]
+        and meta["input_size"] == [128, 128]
+    )
     # frames and keypoints are carried over unchanged
     assert "frames.mp4" in sample and sample["hands.npy"].shape == (12, 2, 21, 3)
 
@@ -42,9 +46,19 @@ def test_killed_job_resumes_and_skips_finished_shards(tmp_path):
     raw = tmp_path / "raw"
     write_synthetic(raw, episodes=12, T=12, items_per_shard=2)  # 6 shards
     out = tmp_path / "feats"
-    cmd = [sys.executable, "-m", "data_prep.cache_features", "--shards", str(raw), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep.cache_features",
+        "--shards",
+        str(raw),
+        "--out",
+        str(out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     first, second = out / "feats-000000.tar", out / "feats-000001.tar"
     while not second.exists() and proc.poll() is None:  # shard 0 is then fully recorded
         time.sleep(0.01)

@@ -238,3 +238,13 @@ def test_hand_head_output_size():
     assert head(torch.randn(5, 16, 320)).shape == (5, 12, 128, 128)
     head = HandHead(1024, (16, 28), (224, 392), HandHeadConfig(dim=32, depth=1, heads=2))
     assert head(torch.randn(1, 448, 1024)).shape == (1, 12, 224, 392)
+
+
+def test_static_camera_fast_path_equals_general_actions():
+    from dexwm.actions import keypoint_actions_static
+
+    rng = np.random.default_rng(3)
+    hands = rng.normal(size=(6, 2, 21, 3)).astype(np.float32)
+    valid = rng.random((6, 2)) > 0.3
+    ref = keypoint_actions(torch.from_numpy(hands), torch.from_numpy(valid))
+    np.testing.assert_allclose(keypoint_actions_static(hands, valid), ref.numpy(), atol=1e-6)
