@@ -26,13 +26,6 @@ LIFT_HEIGHT = 0.10  # m, palm raise after closing
 DROP = 0.0  # m, object bottom clearance when released
 
 
-def object_yaw(rig) -> float:
-    """Yaw of the active object (from its free-joint quaternion)."""
-    qa = rig._obj_qadr[rig.object]
-    w, x, y, z = rig.data.qpos[qa + 3 : qa + 7]
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-
-
 class Oracle:
     """Scripted expert for the current evaluation episode of an Allegro `Rig`."""
 
@@ -65,7 +58,7 @@ class Oracle:
     def _grasp(self) -> Iterator[np.ndarray]:
         """Hover above the object, descend, close the fingertips around it, lift."""
         rig = self.rig
-        name, pos, yaw = rig.object, rig.object_position(), object_yaw(rig)
+        name, pos, yaw = rig.object, rig.object_position(), rig.object_yaw()
         R = grasps.palm_rotation(grasps.grasp_yaw(grasps.object_spec(name), yaw))
         palm = grasps.palm_position(pos, R)
         opened, closed = rig.hand_shapes(name, "open"), rig.hand_shapes(name, "closed")

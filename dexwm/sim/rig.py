@@ -22,6 +22,7 @@ from dexwm.sim import tasks
 from dexwm.sim.camera import Camera
 from dexwm.sim.control import IK
 from dexwm.sim.grasps import HandShapes
+from dexwm.sim.kinematics import KeypointFK
 from dexwm.sim.robots import GRIPPER, GRIPPER_ACTUATOR
 from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, OBJECTS, build_model, object_body
 
@@ -38,8 +39,10 @@ class SimulationError(RuntimeError):
 class Rig:
     """An embodiment in the scene. J = len(info.joints): 23 allegro, 30 shadow, 8 panda_gripper.
 
-    Attributes: model, data (MuJoCo), info (RobotInfo), joint_limits (J, 2), home (J,),
-    camera (Camera: pos, R, fovy; K(size), extrinsics()), size (default frame side).
+    Attributes: model, data (MuJoCo), info (RobotInfo: joint names, keypoint sites, ...),
+    joint_limits (J, 2), home (J,) rest targets, target (J,) current targets, camera (Camera:
+    pos, R, fovy; K(size), extrinsics()), size (default frame side), fk (batched torch FK),
+    ik (keypoint-target IK), episode (tasks.Episode or None), history (per-step task measures).
     """
 
     def __init__(self, embodiment: str = "allegro", size: int = 128, menagerie: str | None = None):
@@ -51,7 +54,6 @@ class Rig:
         self.n_substeps = int(round(1.0 / (CONTROL_HZ * m.opt.timestep)))
         self.model_joints = [j for j in self.info.joints if j != GRIPPER]
         self._qadr = np.array([m.jnt_qposadr[m.joint(j).id] for j in self.model_joints])
-        self._dofadr = np.array([m.jnt_dofadr[m.joint(j).id] for j in self.model_joints])
         by_joint = {
             int(m.actuator_trnid[a, 0]): a
             for a in range(m.nu)
@@ -132,7 +134,6 @@ class Rig:
         self.target = q.copy()
         self._apply_ctrl(q)
         mujoco.mj_forward(self.model, self.data)
-        self.object_start = self.object_position()
         self.history = []
         return self.observe(render)
 
@@ -165,7 +166,7 @@ class Rig:
             if other == name:
                 data.qpos[qa : qa + 3] = pos
                 data.qpos[qa + 3 : qa + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
-            else:  # parked below the floor, side by side
+            else:  # parked under the table, side by side
                 data.qpos[qa : qa + 7] = [0.0, 2.0 + 0.3 * i, -0.5, 1, 0, 0, 0]
 
     def state_data(self, joints: np.ndarray, name: str, pose) -> mujoco.MjData:
@@ -201,7 +202,14 @@ class Rig:
         return q
 
     def object_position(self) -> np.ndarray:
+        """(3,) world position of the active object's centre."""
         return self.data.xpos[self._obj_body[self.object]].copy()
+
+    def object_yaw(self) -> float:
+        """Rotation of the active object about the world z axis (rad)."""
+        qa = self._obj_qadr[self.object]
+        w, x, y, z = self.data.qpos[qa + 3 : qa + 7]
+        return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
     def hand_object_contact(self) -> bool:
         """Is any geom of the hand touching the active object?"""
@@ -236,7 +244,26 @@ class Rig:
             self.history.append(tasks.evaluate(self, self.episode))
         return self.observe(render)
 
+    @property
+    def fk(self) -> KeypointFK:
+        """Batched torch FK of this rig: joint targets (N, J) -> keypoints (N, 21, 3), camera
+        frame (a torch Module; differentiable)."""
+        if self._fk is None:
+            self._fk = KeypointFK(self.model, self.info, self.camera)
+        return self._fk
+
+    def extrinsics(self) -> dict:
+        """Camera pose in the world (see Camera.extrinsics)."""
+        return self.camera.extrinsics()
+
     # ---- tasks ------------------------------------------------------------------------------
+
+    def measures(self) -> dict:
+        """The task's measures at the last step: reach {distance}, grasp {contact, lift}, place
+        {distance, contact}, plus whether each threshold set is met now ("dexwm", "strict")."""
+        if not self.history:
+            raise RuntimeError("no task step yet: reset(task, episode), then step()")
+        return dict(self.history[-1])
 
     def success(self, thresholds: str = "dexwm") -> bool:
         """Has the task's success test ("dexwm" or "strict" thresholds, see tasks.py) held for
