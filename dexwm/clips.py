@@ -28,6 +28,7 @@ class ClipConfig:
     clips_per_sample: int = 1
     features: str = "auto"  # "auto": feats.npy when present else frames; "feats"; "frames"
     with_frames: bool = False  # also return frames when features are used (visualisation)
+    augment: bool = False  # photometric augmentation of frames (same for all frames of a clip)
 
     def __post_init__(self) -> None:
         if self.mode not in ("window", "fixed"):
@@ -60,6 +61,19 @@ def _frames(sample: dict, idx: np.ndarray) -> np.ndarray:
     if "frames.npy" in sample:
         return np.ascontiguousarray(sample["frames.npy"][idx])
     return decode_video(sample["frames.mp4"], idx)
+
+
+def augment_frames(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Colour jitter (brightness, contrast, saturation +-40%) and grayscale (p=0.2), as DexWM's
+    training augmentation, applied identically to every frame of a clip (T, H, W, 3) uint8.
+    Photometric only: keypoint pixels stay valid."""
+    x = frames.astype(np.float32)
+    b, c, s = rng.uniform(0.6, 1.4, 3)
+    x = x * b
+    x = (x - x.mean()) * c + x.mean()
+    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)  # (T, H, W)
+    x = gray[..., None] + (x - gray[..., None]) * (0.0 if rng.random() < 0.2 else s)
+    return np.clip(x, 0, 255).astype(np.uint8)
 
 
 def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[dict]:
@@ -103,6 +117,8 @@ def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[
             clip["encoder"] = meta["encoder"]
         if not use_feats or cfg.with_frames:
             clip["frames"] = _frames(sample, idx)
+            if cfg.augment and not use_feats:
+                clip["frames"] = augment_frames(clip["frames"], rng)
         clips.append(clip)
     return clips
 

@@ -27,6 +27,7 @@ class ShardDataModule(L.LightningDataModule):
         val_batches: int | None = None,
         on_bad: str = "raise",
         stats_clips: int = 2000,
+        stats_file: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -39,7 +40,12 @@ class ShardDataModule(L.LightningDataModule):
         self.clip = clip or ClipConfig()
         self.batch_size, self.num_workers, self.shuffle = batch_size, num_workers, shuffle
         self.resampled, self.epoch_batches, self.val_batches = resampled, epoch_batches, val_batches
-        self.on_bad, self.stats_clips, self.seed = on_bad, stats_clips, seed
+        self.on_bad, self.stats_clips, self.stats_file, self.seed = (
+            on_bad,
+            stats_clips,
+            stats_file,
+            seed,
+        )
         self.epoch = Epoch()
 
     def set_epoch(self, epoch: int) -> None:

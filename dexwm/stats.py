@@ -42,19 +42,26 @@ class RunningMoments:
         return mean, np.sqrt(np.maximum(self.ss / self.n - mean**2, 0.0))
 
 
-def iter_clips_evenly(source: DataSource, cfg: ClipConfig, max_clips: int, seed: int = 0):
-    """Up to max_clips clips of a source, taking an equal share from every shard."""
+def iter_clips_evenly(
+    source: DataSource, cfg: ClipConfig, max_clips: int, seed: int = 0, max_passes: int = 16
+):
+    """Up to max_clips clips of a source, an equal share from every shard (re-reading a shard, with
+    new random clips, while it has too few samples for its share)."""
     urls = expand_paths(source.paths)
     per_shard = max(1, -(-max_clips // len(urls)))
     rng = np.random.default_rng(seed)
     for url in urls:
         taken = 0
-        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
-            validate_sample(sample)
-            for clip in make_clips(sample, cfg, rng):
-                yield clip
-                taken += 1
-            if taken >= per_shard:
+        for _ in range(max_passes):
+            before = taken
+            for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
+                validate_sample(sample)
+                for clip in make_clips(sample, cfg, rng):
+                    yield clip
+                    taken += 1
+                if taken >= per_shard:
+                    break
+            if taken >= per_shard or taken == before:
                 break
 
 

@@ -19,7 +19,7 @@ from dexwm.encoders import EncoderSpec
 from dexwm.hand_head import HandHeadConfig
 from dexwm.losses import feature_loss, hand_loss
 from dexwm.predictor import PredictorConfig
-from dexwm.stats import compute_stats, save_stats
+from dexwm.stats import compute_stats, load_stats, save_stats
 from dexwm.world_model import WorldModel
 
 
@@ -114,13 +114,24 @@ class WorldModelModule(L.LightningModule):
         if T < W:
             warnings.warn(f"clips train positions 0..{T - 1} of max_frames={W}", stacklevel=2)
         if stage == "fit" and not bool(self.wm.action_norm.fitted):
-            stats = compute_stats(
-                dm.train_sources, dm.clip, dm.stats_clips, encode=lambda f: self.wm.encoder(f).cpu(),
-                progress=self.trainer.is_global_zero,
-            )  # fmt: skip
+            if getattr(dm, "stats_file", None):  # precomputed (python -m data_prep.stats)
+                stats = load_stats(dm.stats_file)
+            else:
+                stats = compute_stats(
+                    dm.train_sources,
+                    dm.clip,
+                    dm.stats_clips,
+                    encode=lambda f: self.wm.encoder(f).cpu(),
+                    progress=self.trainer.is_global_zero,
+                )
             self.wm.action_norm.set_stats(
                 torch.tensor(stats["action_mean"]), torch.tensor(stats["action_std"])
             )
+            if self.wm.feature_norm and "feat_mean" not in stats:
+                raise ValueError(
+                    "feature normalisation needs feature statistics: compute them on shards with cached "
+                    "features (python -m data_prep.stats), or set model.feature_norm: false"
+                )
             if self.wm.feature_norm:
                 self.wm.feat_norm.set_stats(
                     torch.tensor(stats["feat_mean"]), torch.tensor(stats["feat_std"])

@@ -153,3 +153,48 @@ def test_stats_are_deterministic(tmp_path_factory):
     assert a == b and a["clips"] >= 12
     std = np.array(a["action_std"])
     assert std[63:126].max() > 0 and std[:63].max() == 0  # right hand moves, no left hand
+
+
+def test_augmentation_is_photometric_and_clip_consistent():
+    from dexwm.clips import augment_frames
+
+    s = make_episode(2, T=6, fmt="npy")
+    frames = s["frames.npy"]
+    rng = np.random.default_rng(0)
+    outs = [augment_frames(frames, rng) for _ in range(20)]
+    assert all(o.shape == frames.shape and o.dtype == np.uint8 for o in outs)
+    assert len({o.tobytes() for o in outs}) == 20  # random per call
+    # same transform for every frame of the clip: equal input pixels stay equal across frames
+    a = outs[0]
+    same = (frames[0] == frames[1]).all(-1)
+    assert same.mean() > 0.5 and (a[0][same] == a[1][same]).all()
+    # no geometry change: the hand (brightest-red dot structure) stays where it was
+    diff = np.abs(frames[1].astype(int) - frames[0].astype(int)).sum(-1) > 0
+    diff_aug = np.abs(a[1].astype(int) - a[0].astype(int)).sum(-1) > 0
+    assert (diff_aug <= diff).all()
+
+
+def test_precomputed_stats_file_is_used(tmp_path_factory, tmp_path):
+    import lightning as L
+
+    from dexwm.datamodule import ShardDataModule
+    from dexwm.predictor import PredictorConfig
+    from dexwm.stats import save_stats
+    from dexwm.training import WorldModelModule
+
+    root = synthetic_shards(tmp_path_factory)
+    cfg = ClipConfig(num_frames=3, mode="fixed")
+    stats = compute_stats([DataSource([str(root)])], cfg, max_clips=40, progress=False)
+    assert stats["clips"] >= 40  # short sources are re-read for more clips
+    stats["action_mean"] = [0.125] * len(stats["action_mean"])  # recognisable
+    save_stats(tmp_path / "s.json", stats)
+    dm = ShardDataModule(
+        train=[DataSource([str(root)])], clip=cfg, stats_file=str(tmp_path / "s.json"), batch_size=2
+    )
+    module = WorldModelModule(
+        predictor=PredictorConfig(dim=32, depth=1, heads=2, max_frames=2), feature_norm=False
+    )
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(
+        module, dm
+    )
+    assert torch.allclose(module.wm.action_norm.mean, torch.tensor(0.125))
