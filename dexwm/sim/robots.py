@@ -9,7 +9,8 @@
 
 Every robot body gets gravity compensation (as the real controllers do) so position targets are
 tracked without sag. The Panda's detailed visual meshes (~130k triangles) are dropped and its
-coarse collision meshes (~2k triangles) are shown instead: the main render-speed lever on a CPU.
+coarse collision meshes (~2k triangles) are shown instead, and the hands' meshes are decimated
+(dexwm.sim.meshes): triangle count is the main render-speed lever on a CPU.
 Keypoint sites (21 per hand, MediaPipe/MANO order) are added to the model so tests can compare
 batched FK against MuJoCo's own site positions.
 """
@@ -22,8 +23,10 @@ import mujoco
 import numpy as np
 
 from dexwm.sim.assets import model_file
+from dexwm.sim.meshes import decimate_meshes
 
 EMBODIMENTS = ("allegro", "shadow", "panda_gripper")
+MAX_MESH_FACES = 1000  # hand meshes above this are decimated (render cost ~ triangles)
 FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 
 
@@ -123,6 +126,7 @@ def build_allegro(spec: mujoco.MjSpec, menagerie: str | None, home_arm) -> Robot
     """Attach Panda + Allegro to the scene `spec` (robot base at the world origin)."""
     arm = _panda("panda_nohand", menagerie)
     hand = mujoco.MjSpec.from_file(str(model_file("allegro_right", menagerie)))
+    decimate_meshes(hand, MAX_MESH_FACES)
     palm = hand.body("palm")
     for joint in list(palm.joints):  # the Menagerie hand floats; ours is bolted to the flange
         hand.delete(joint)
@@ -210,6 +214,7 @@ def build_shadow(spec: mujoco.MjSpec, menagerie: str | None, home_root) -> Robot
     servos (a stand-in for a human wrist moving freely), the hand's own 24 joints each with its
     own position servo (the Menagerie coupled-tendon actuators are replaced)."""
     hand = mujoco.MjSpec.from_file(str(model_file("shadow_right", menagerie)))
+    decimate_meshes(hand, MAX_MESH_FACES)
     forearm = hand.body("rh_forearm")
     for joint in list(forearm.joints):
         hand.delete(joint)
