@@ -20,6 +20,7 @@ from dexwm.sim.camera import look_at
 TIMESTEP = 0.002  # physics step (s); a 10 Hz control step is 50 of them
 TABLE_TOP = 0.0
 TABLE_CENTRE, TABLE_HALF = (0.35, 0.0), (0.6, 0.65)
+TABLE_HALF_THICKNESS = 0.1
 CAMERA_NAME = "front"
 CAMERA_POS = (1.15, -0.62, 0.62)
 CAMERA_TARGET = (0.48, -0.03, 0.15)
@@ -90,8 +91,8 @@ def _add_stage(spec: mujoco.MjSpec) -> None:
     world.add_geom(
         name="table",
         type=mujoco.mjtGeom.mjGEOM_BOX,
-        size=[hx, hy, 0.02],
-        pos=[cx, cy, TABLE_TOP - 0.02],
+        size=[hx, hy, TABLE_HALF_THICKNESS],  # thick: nothing is pushed through it
+        pos=[cx, cy, TABLE_TOP - TABLE_HALF_THICKNESS],
         rgba=[0.72, 0.62, 0.5, 1],
         friction=[1.0, 0.01, 0.001],
     )
