@@ -1,0 +1,166 @@
+"""Planning costs, composable in config (DexWM, DESIGN.md s.2):
+
+- `FeatureCost`: distance of the predicted features to the goal image's features at every step,
+  weighted decay^(H-1-t) (DexWM: MSE, decay 0.6); "mse" or "l1".
+- `KeypointCost`: squared pixel error between the right hand's wrist + fingertips of the plan and
+  those the hand head finds in the goal image (DexWM weight 1e-3). The plan's points come from
+  the hand head on the PREDICTED features (DexWM) or, exactly, from FK of the planned joints.
+- `OrientationCost`: 1 - cos(angle) between the planned hand frame and the goal's (DexWM: 0.4,
+  grasp only). The goal frame comes from the goal state's joints (privileged, as in DexWM).
+
+Each term maps (Prediction, Goal) -> cost (B,); `Objective` sums weight x term for the terms
+that apply to the task. Pixel errors are measured in encoder-input pixels, so one weight fits
+every preset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from dexwm.hand_head import soft_argmax
+from dexwm.schema import FINGERTIPS, WRIST
+
+RIGHT_HAND_MAPS = slice(6, 12)  # heatmaps: left wrist + 5 tips, then the right hand's
+HEAD_POINTS = (WRIST, *FINGERTIPS)
+
+
+@dataclass
+class Prediction:
+    """What a batched rollout of B candidate plans produced."""
+
+    feats: torch.Tensor  # (B, H, N, D) predicted normalised features
+    keypoints: torch.Tensor  # (B, H + 1, 21, 3) commanded keypoints (camera frame) of q_0..q_H
+    joints: torch.Tensor  # (B, H, J) clipped joint targets
+
+
+@dataclass
+class Goal:
+    """The goal of one episode, computed once before planning."""
+
+    feats: torch.Tensor  # (N, D) normalised features of the goal image
+    uv: torch.Tensor | None = None  # (6, 2) right wrist + tips in encoder-input pixels (head)
+    frame: torch.Tensor | None = None  # (3, 3) goal hand frame, camera axes
+    task: str | None = None
+    wm: object | None = None  # the world model (hand head) for terms that need it
+    to_input_uv: Callable[[torch.Tensor], torch.Tensor] | None = None  # cam points -> input px
+
+
+def step_weights(H: int, decay: float, like: torch.Tensor | None = None) -> torch.Tensor:
+    """(H,) weights decay^(H-1-t): the last step counts most."""
+    t = torch.arange(H, dtype=torch.float32)
+    w = decay ** (H - 1 - t)
+    return w if like is None else w.to(like)
+
+
+def feature_distance(pred: torch.Tensor, goal: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """pred (B, H, N, D), goal (N, D) -> (B, H) mean squared or absolute difference per step."""
+    diff = pred - goal
+    return (diff.square() if kind == "mse" else diff.abs()).mean(dim=(-1, -2))
+
+
+def hand_frame(kp: torch.Tensor) -> torch.Tensor:
+    """Keypoints (..., 21, 3) -> an orthonormal hand frame (..., 3, 3), columns (x, y, z):
+    x wrist -> middle base, z the palm normal from the index and ring bases."""
+    wrist, index, middle, ring = kp[..., 0, :], kp[..., 5, :], kp[..., 9, :], kp[..., 13, :]
+    x = torch.nn.functional.normalize(middle - wrist, dim=-1)
+    z = torch.nn.functional.normalize(torch.cross(x, index - ring, dim=-1), dim=-1)
+    y = torch.cross(z, x, dim=-1)
+    return torch.stack([x, y, z], dim=-1)
+
+
+class CostTerm:
+    """A weighted cost term; `tasks` limits it to some tasks (None: all)."""
+
+    name = "term"
+
+    def __init__(self, weight: float = 1.0, tasks: list[str] | None = None) -> None:
+        if weight < 0:
+            raise ValueError(f"{type(self).__name__}: weight must be >= 0, got {weight}")
+        self.weight, self.tasks = float(weight), None if tasks is None else list(tasks)
+
+    def applies(self, task: str | None) -> bool:
+        return self.weight > 0 and (self.tasks is None or task is None or task in self.tasks)
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FeatureCost(CostTerm):
+    name = "feature"
+
+    def __init__(self, weight: float = 1.0, kind: str = "mse", decay: float = 0.6, tasks=None):
+        super().__init__(weight, tasks)
+        if kind not in ("mse", "l1"):
+            raise ValueError(f"FeatureCost kind must be 'mse' or 'l1', got {kind!r}")
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.kind, self.decay = kind, decay
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        d = feature_distance(pred.feats, goal.feats, self.kind)  # (B, H)
+        return d @ step_weights(d.shape[1], self.decay, d)
+
+
+class KeypointCost(CostTerm):
+    name = "keypoint"
+
+    def __init__(
+        self,
+        weight: float = 1e-3,
+        source: str = "predicted",
+        decay: float = 0.6,
+        temperature: float = 0.05,
+        tasks=None,
+    ):
+        super().__init__(weight, tasks)
+        if source not in ("predicted", "fk"):
+            raise ValueError(f"KeypointCost source must be 'predicted' or 'fk', got {source!r}")
+        self.source, self.decay, self.temperature = source, decay, temperature
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        if goal.uv is None:
+            raise ValueError("KeypointCost needs the goal's hand points (a model with a hand head)")
+        if self.source == "predicted":
+            hm = goal.wm.heatmaps(pred.feats)[..., RIGHT_HAND_MAPS, :, :]  # (B, H, 6, h, w)
+            uv = soft_argmax(hm, self.temperature) / goal.wm.hand_cfg.scale  # (B, H, 6, 2)
+        else:
+            pts = pred.keypoints[:, 1:, list(HEAD_POINTS)]  # (B, H, 6, 3)
+            uv = goal.to_input_uv(pts)
+        err = (uv - goal.uv).square().sum(-1).mean(-1)  # (B, H) mean squared pixel distance
+        return err @ step_weights(err.shape[1], self.decay, err)
+
+
+class OrientationCost(CostTerm):
+    name = "orientation"
+
+    def __init__(self, weight: float = 0.4, decay: float = 0.6, tasks=("grasp",)):
+        super().__init__(weight, None if tasks is None else list(tasks))
+        self.decay = decay
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        if goal.frame is None:
+            raise ValueError("OrientationCost needs the goal hand frame")
+        R = hand_frame(pred.keypoints[:, 1:])  # (B, H, 3, 3)
+        cos = ((R * goal.frame).sum(dim=(-1, -2)) - 1) / 2  # trace(R^T R_goal) -> cos(angle)
+        err = 1 - cos  # (B, H)
+        return err @ step_weights(err.shape[1], self.decay, err)
+
+
+class Objective:
+    """Weighted sum of the terms that apply to the goal's task: (Prediction, plan) -> (B,)."""
+
+    def __init__(self, terms: list[CostTerm], goal: Goal) -> None:
+        self.goal = goal
+        self.terms = [t for t in terms if t.applies(goal.task)]
+        if not self.terms:
+            raise ValueError(f"no cost term applies to task {goal.task!r}")
+
+    def parts(self, pred: Prediction) -> dict[str, torch.Tensor]:
+        """Each applying term's weighted cost (B,), by name."""
+        return {t.name: t.weight * t(pred, self.goal) for t in self.terms}
+
+    def __call__(self, pred: Prediction, plan: torch.Tensor | None = None) -> torch.Tensor:
+        return sum(self.parts(pred).values())

@@ -1,0 +1,180 @@
+"""Policies the evaluation harness runs on the rig, and the model-predictive one (MPC).
+
+A policy sees the rig's observation and the goal image and returns the joint targets of the next
+k control steps: (k, J). `MPCPolicy` replans every `execute` steps: encode the current frame,
+warm-start from the shifted previous plan, optimise joint plans through the world model with the
+configured planner and cost, execute the first `execute` targets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dexwm.planning.actions import JointSpace
+from dexwm.planning.base import Planner, shift_plan
+from dexwm.planning.cem import CEM
+from dexwm.planning.costs import CostTerm, FeatureCost, Goal, KeypointCost, Objective, hand_frame
+from dexwm.planning.rollout import ModelRollout, check_model
+
+_MODELS: dict[str, object] = {}  # checkpoint path -> WorldModel, one per process
+
+
+def load_model(checkpoint: str):
+    """WorldModel from a checkpoint, cached per process."""
+    if checkpoint not in _MODELS:
+        from dexwm.world_model import WorldModel
+
+        wm = WorldModel.from_checkpoint(checkpoint).requires_grad_(False)
+        check_model(wm)
+        _MODELS[checkpoint] = wm
+    return _MODELS[checkpoint]
+
+
+class Policy:
+    """reset(rig, goal_image, obs) at the start of an episode; act(obs) -> (k, J) joint targets.
+    `stats` holds counters the harness reports (planning calls, candidates rolled out)."""
+
+    name = "policy"
+
+    def setup(self, checkpoint: str | None) -> None:
+        """Load what the policy needs (called once per worker process, before any episode)."""
+
+    def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
+        self.stats = {"calls": 0, "evaluations": 0, "iterations": 0}
+
+    def act(self, obs: dict) -> np.ndarray:
+        raise NotImplementedError
+
+
+def check_goal_image(goal: np.ndarray, obs_image: np.ndarray) -> None:
+    if not isinstance(goal, np.ndarray) or goal.dtype != np.uint8 or goal.ndim != 3:
+        raise ValueError("the goal image must be a uint8 (H, W, 3) array")
+    if goal.shape != obs_image.shape:
+        raise ValueError(
+            f"goal image is {goal.shape[:2]}, the camera gives {obs_image.shape[:2]}: render the "
+            "goal at the observation size"
+        )
+
+
+class MPCPolicy(Policy):
+    """Model-predictive control through a world model (DexWM's planning loop).
+
+    Args:
+        planner: CEM / MPPI / GradientPlanner / Chain (default: CEM with DexWM's settings).
+        costs: cost terms (default: DexWM's feature MSE with step weights 0.6^(H-1-t)).
+        horizon: planned steps H; context: observed frames C given to the model (C + H - 1 <=
+            the model's max_frames keeps the shared-context fast path).
+        execute: targets executed per plan before replanning.
+        std_arm, std_hand: initial search std (rad) of arm / hand joint targets.
+        warm_start: start from the previous plan shifted by `execute` (else from q_0 repeated).
+        use: execute the planner's final "mean" or its "best" evaluated plan.
+        prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
+        checkpoint: world model (default: the one given to the harness).
+        seed: sampling seed (per episode: seed + episode index).
+        name: label in the results table.
+    """
+
+    def __init__(
+        self,
+        planner: Planner | None = None,
+        costs: list[CostTerm] | None = None,
+        horizon: int = 3,
+        context: int = 1,
+        execute: int = 1,
+        std_arm: float = 0.3,
+        std_hand: float = 0.1,
+        warm_start: bool = True,
+        use: str = "mean",
+        prior: Policy | None = None,
+        checkpoint: str | None = None,
+        seed: int = 0,
+        name: str = "mpc",
+    ) -> None:
+        self.planner = planner if planner is not None else CEM()
+        self.planner.check()
+        self.costs = costs if costs is not None else [FeatureCost()]
+        if horizon < 1 or context < 1:
+            raise ValueError(f"horizon and context must be >= 1, got {horizon}, {context}")
+        if not 1 <= execute <= horizon:
+            raise ValueError(f"execute must be in 1..horizon={horizon}, got {execute}")
+        if std_arm < 0 or std_hand < 0:
+            raise ValueError("std_arm and std_hand must be >= 0")
+        if use not in ("mean", "best"):
+            raise ValueError(f"use must be 'mean' or 'best', got {use!r}")
+        self.horizon, self.context, self.execute = horizon, context, execute
+        self.std_arm, self.std_hand, self.warm_start, self.use = std_arm, std_hand, warm_start, use
+        self.prior, self.checkpoint, self.seed, self.name = prior, checkpoint, seed, name
+        self.wm = None
+
+    def setup(self, checkpoint: str | None) -> None:
+        path = self.checkpoint or checkpoint
+        if path is None:
+            raise ValueError(f"{self.name}: no world-model checkpoint given")
+        self.wm = load_model(str(path))
+        if self.prior is not None:
+            self.prior.setup(checkpoint)
+
+    def use_model(self, wm) -> MPCPolicy:
+        """Plan with an already loaded world model (tests, notebooks)."""
+        check_model(wm)
+        self.wm = wm.eval().requires_grad_(False)
+        return self
+
+    def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
+        super().reset(rig, goal_image, obs)
+        check_goal_image(goal_image, obs["image"])
+        self.rig = rig
+        if getattr(self, "_space_rig", None) is not rig:
+            self.space, self._space_rig = JointSpace.from_rig(rig), rig
+        wm = self.wm
+        goal_feats = wm.encode(torch.from_numpy(goal_image)[None])[0]  # (N, D)
+        goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None, wm=wm)
+        size = goal_image.shape[:2]
+        goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
+        if any(isinstance(t, KeypointCost) for t in self.costs):
+            hm = wm.heatmaps(goal_feats[None])[0, 6:12]  # (6, h, w) right hand
+            from dexwm.hand_head import soft_argmax
+
+            goal.uv = soft_argmax(hm) / wm.hand_cfg.scale  # (6, 2) encoder-input pixels
+        if rig.episode is not None:  # privileged goal hand frame, for the orientation term
+            goal.frame = hand_frame(self.space.keypoints(torch.tensor(rig.episode.goal_joints)))
+        self.objective = Objective(self.costs, goal)
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (feats, commanded joints)
+        self.plan = None
+        self.generator = torch.Generator().manual_seed(
+            self.seed + (rig.episode.index if rig.episode else 0)
+        )
+        self.std = self.space.spread(self.std_arm, self.std_hand)[None].expand(self.horizon, -1)
+        if self.prior is not None:
+            self.prior.reset(rig, goal_image, obs)
+
+    @torch.no_grad()
+    def act(self, obs: dict) -> np.ndarray:
+        feats = self.wm.encode(torch.from_numpy(obs["image"])[None])[0]  # (N, D)
+        q0 = torch.as_tensor(obs["commanded"], dtype=torch.float32)
+        self.history = (self.history + [(feats, q0)])[-self.context :]
+        rollout = ModelRollout(
+            self.wm,
+            self.space,
+            torch.stack([f for f, _ in self.history]),
+            torch.stack([q for _, q in self.history]),
+        )
+        if self.warm_start and self.plan is not None:
+            mean = shift_plan(self.plan, self.execute)
+        else:
+            mean = q0.expand(self.horizon, -1).clone()
+        proposals = None
+        if self.prior is not None:
+            proposals = torch.as_tensor(self.prior.plan(obs, self.horizon), dtype=torch.float32)[
+                None
+            ]
+        result = self.planner(
+            rollout, self.objective, mean, self.std, self.space.lower, self.space.upper,
+            proposals, self.generator,
+        )  # fmt: skip
+        self.plan = self.space.clip(result.mean if self.use == "mean" else result.best)  # (H, J)
+        self.stats["calls"] += 1
+        self.stats["evaluations"] += result.evaluations
+        self.stats["iterations"] += result.iterations
+        return self.plan[: self.execute].numpy().astype(np.float64)
