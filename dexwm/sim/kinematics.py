@@ -62,7 +62,9 @@ def _frame_for_axis(axis: np.ndarray) -> np.ndarray:
 
 
 class TreeFK(torch.nn.Module):
-    """q (N, J) of the named joints -> world positions (N, S, 3) of the named sites.
+    """q (N, J) of the named joints -> positions (N, S, 3) of the named sites in the world, or in
+    `frame` = (position (3,), rotation (3, 3) whose columns are the frame's axes) if given, e.g.
+    a camera: p_frame = R^T (p_world - position), folded into the constants at no cost.
 
     Joints on the sites' paths that are not named stay at `fixed_qpos` (default qpos0). Supports
     hinge and slide joints, at most one per body (true of the Panda, Allegro and Shadow models).
@@ -79,8 +81,10 @@ class TreeFK(torch.nn.Module):
         joints: Sequence[str],
         sites: Sequence[str],
         fixed_qpos: np.ndarray | None = None,
+        frame: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         super().__init__()
+        pf, Rf = (np.zeros(3), np.eye(3)) if frame is None else map(np.asarray, frame)
         qfix = np.asarray(model.qpos0 if fixed_qpos is None else fixed_qpos, float)
         column = {model.joint(name).id: k for k, name in enumerate(joints)}
         self.n_joints = len(joints)
@@ -113,6 +117,8 @@ class TreeFK(torch.nn.Module):
             if not jointed(b):
                 b, R, p = (-1, np.eye(3), np.zeros(3)) if b == 0 else collapse(b)
                 off = R @ off + p
+            if b == -1:
+                off = Rf.T @ (off - pf)  # static site, straight into the output frame
             site_body.append(b)
             site_offset.append(axis_frame(b).T @ off)  # in the rotated frame of its body
 
@@ -146,6 +152,8 @@ class TreeFK(torch.nn.Module):
             kinds = set()
             for i, b in enumerate(bodies):
                 a, Rl, pl = collapse(b)
+                if a == -1:  # placed in the world: express in the output frame
+                    Rl, pl = Rf.T @ Rl, Rf.T @ (pl - pf)
                 Qp, Qb = axis_frame(a), axis_frame(b)
                 R[..., i, 0], p[:, i, 0] = Qp.T @ Rl @ Qb, Qp.T @ pl
                 j = int(model.body_jntadr[b])
@@ -270,37 +278,39 @@ class KeypointFK(torch.nn.Module):
         super().__init__()
         self.gripper = info.gripper
         joints = [j for j in info.joints if j != GRIPPER]
-        if self.gripper:
-            unique, index = [info.palm_site], [0]
-        else:
+        if self.gripper:  # TCP in the world: the finger circles lie in the world's xy plane
+            unique, index, frame = [info.palm_site], [0], None
+        else:  # hand sites straight in the camera frame
             unique = list(dict.fromkeys(info.keypoint_sites))
-            index = [unique.index(s) for s in info.keypoint_sites]
-        self.tree = TreeFK(model, joints, unique)
+            index, frame = [unique.index(s) for s in info.keypoint_sites], (camera.pos, camera.R)
+        self.tree = TreeFK(model, joints, unique, frame=frame)
         self.n_joints = len(info.joints)
         self._index = index
         self.register_buffer("cam_pos", torch.tensor(camera.pos))
         self.register_buffer("cam_R", torch.tensor(camera.R))
         self._camera = camera
 
-    def world(self, q: torch.Tensor) -> torch.Tensor:
-        """q (N, J) -> (N, 21, 3) keypoints in the world frame."""
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        """q (N, J) -> (N, 21, 3) keypoints in the camera frame (metres)."""
         if q.ndim != 2 or q.shape[1] != self.n_joints:
             raise ValueError(f"q must be (N, {self.n_joints}), got {tuple(q.shape)}")
+        if q.device.type != "cpu":
+            return self._keypoints(q)
+        with single_thread():  # every op here is small: see single_thread
+            return self._keypoints(q)
+
+    def _keypoints(self, q: torch.Tensor) -> torch.Tensor:
         if not self.gripper:
-            return self.tree(q)[:, self._index]  # (N, 21, 3)
-        tcp = self.tree(q[:, :-1])[:, 0]  # (N, 3)
+            return self.tree(q)[:, self._index]  # (N, 21, 3), camera frame already
+        tcp = self.tree(q[:, :-1])[:, 0]  # (N, 3) world
         closed = (q[:, -1:] >= 0.5).to(q.dtype)  # (N, 1)
         radii = closed * q.new_tensor(CLOSED_RADII) + (1 - closed) * q.new_tensor(OPEN_RADII)
         theta = 2 * torch.pi * torch.arange(N_ANGLES, dtype=q.dtype, device=q.device) / N_ANGLES
         ring = torch.stack([torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)], -1)
         offsets = radii[:, None, :, None] * ring[None, :, None, :]  # (N, 5, 4, 3)
         fingers = tcp[:, None, None, :] + offsets
-        return torch.cat([tcp[:, None], fingers.reshape(-1, 20, 3)], dim=1)
-
-    def forward(self, q: torch.Tensor) -> torch.Tensor:
-        """q (N, J) -> (N, 21, 3) keypoints in the camera frame (metres)."""
-        pts = self.world(q)
-        pos, R = self.cam_pos.to(pts.dtype), self.cam_R.to(pts.dtype)
+        pts = torch.cat([tcp[:, None], fingers.reshape(-1, 20, 3)], dim=1)  # (N, 21, 3) world
+        pos, R = self.cam_pos.to(pts), self.cam_R.to(pts)
         return (pts - pos) @ R  # rows: p_cam = R^T (p - pos)
 
     def pixels(self, points_cam: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
