@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("LP_NUM_THREADS", "1")  # Mesa llvmpipe: faster with one thread here
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
