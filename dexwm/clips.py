@@ -7,6 +7,8 @@ are computed here, at load time, from the keypoints (+ camera) of exactly the fr
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,51 +78,75 @@ def augment_frames(frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[dict]:
-    """Validated sample -> up to `clips_per_sample` clips with:
-    feats (T, N, D) float32 raw encoder features or frames (T, H, W, 3) uint8; actions (T-1, A) raw;
-    dt (T-1,) seconds; hands_uv (T, 2, 21, 2) stored-frame pixels; hands_visible (T, 2) bool (hands
-    that the heatmap loss may supervise); frame_hw (2,); key, embodiment, indices (, encoder)."""
-    meta = sample["meta.json"]
-    T, fps = sample_length(sample), float(meta["fps"])
-    use_feats = cfg.features == "feats" or (cfg.features == "auto" and "feats.npy" in sample)
-    cam_ok = bool(meta.get("camera_valid", False))
-    real_hands = meta["embodiment"] in HEATMAP_EMBODIMENTS
-    clips = []
+HEAVY_KEYS = ("feats.npy", "frames.npy")  # decoded only for clips a process actually builds
+
+
+def plan_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """Frame indices of up to `clips_per_sample` clips of a sample (needs only meta + hands)."""
+    T, fps = sample_length(sample), float(sample["meta.json"]["fps"])
+    plans = []
     for _ in range(cfg.clips_per_sample):
         idx = sample_indices(T, fps, cfg, rng)
         if idx is None:
             break
-        valid = sample["hands_valid.npy"][idx]  # (T, 2)
-        camera = sample["camera.npy"][idx]
-        if cam_ok and camera.any():  # moving camera: express everything in the first frame's camera
-            t = torch.from_numpy
-            actions = keypoint_actions(t(sample["hands.npy"][idx]), t(valid), t(camera)).numpy()
-        else:
-            actions = keypoint_actions_static(sample["hands.npy"][idx], valid)
-        clip = {
-            "actions": actions,
-            "dt": (np.diff(idx) / fps).astype(np.float32),
-            "hands_uv": sample["hands_uv.npy"][idx].astype(np.float32),
-            "hands_visible": valid & real_hands,
-            "frame_hw": np.asarray(meta["size"][:2], dtype=np.int64),
-            "indices": idx.astype(np.int64),
-            "key": sample["__key__"],
-            "embodiment": meta["embodiment"],
-        }
-        if use_feats:
-            clip["feats"] = sample["feats.npy"][idx].astype(np.float32)
-            if not np.isfinite(clip["feats"]).all():
-                raise SchemaError(
-                    f"{sample.get('__url__', '?')} sample {sample['__key__']!r}: feats.npy has NaN/inf"
-                )
-            clip["encoder"] = meta["encoder"]
-        if not use_feats or cfg.with_frames:
-            clip["frames"] = _frames(sample, idx)
-            if cfg.augment and not use_feats:
-                clip["frames"] = augment_frames(clip["frames"], rng)
-        clips.append(clip)
-    return clips
+        plans.append(idx)
+    return plans
+
+
+def build_clip(sample: dict, idx: np.ndarray, cfg: ClipConfig, rng: np.random.Generator) -> dict:
+    """One clip at frame indices `idx` of a validated, decoded sample:
+    feats (T, N, D) float32 raw encoder features or frames (T, H, W, 3) uint8; actions (T-1, A) raw;
+    dt (T-1,) seconds; hands_uv (T, 2, 21, 2) stored-frame pixels; hands_visible (T, 2) bool (hands
+    that the heatmap loss may supervise); frame_hw (2,); key, embodiment, indices (, encoder)."""
+    meta = sample["meta.json"]
+    fps = float(meta["fps"])
+    use_feats = cfg.features == "feats" or (cfg.features == "auto" and "feats.npy" in sample)
+    valid = sample["hands_valid.npy"][idx]  # (T, 2)
+    camera = sample["camera.npy"][idx]
+    if meta.get("camera_valid", False) and camera.any():  # moving camera: first frame's camera
+        t = torch.from_numpy
+        actions = keypoint_actions(t(sample["hands.npy"][idx]), t(valid), t(camera)).numpy()
+    else:
+        actions = keypoint_actions_static(sample["hands.npy"][idx], valid)
+    clip = {
+        "actions": actions,
+        "dt": (np.diff(idx) / fps).astype(np.float32),
+        "hands_uv": sample["hands_uv.npy"][idx].astype(np.float32),
+        "hands_visible": valid & (meta["embodiment"] in HEATMAP_EMBODIMENTS),
+        "frame_hw": np.asarray(meta["size"][:2], dtype=np.int64),
+        "indices": idx.astype(np.int64),
+        "key": sample["__key__"],
+        "embodiment": meta["embodiment"],
+    }
+    if use_feats:
+        clip["feats"] = sample["feats.npy"][idx].astype(np.float32)
+        if not np.isfinite(clip["feats"]).all():
+            where = f"{sample.get('__url__', '?')} sample {sample['__key__']!r}"
+            raise SchemaError(f"{where}: feats.npy has NaN/inf")
+        clip["encoder"] = meta["encoder"]
+    if not use_feats or cfg.with_frames:
+        clip["frames"] = _frames(sample, idx)
+        if cfg.augment and not use_feats:
+            clip["frames"] = augment_frames(clip["frames"], rng)
+    return clip
+
+
+def make_clips(sample: dict, cfg: ClipConfig, rng: np.random.Generator) -> list[dict]:
+    """Validated, decoded sample -> up to `clips_per_sample` clips (see `build_clip`)."""
+    return [build_clip(sample, idx, cfg, rng) for idx in plan_clips(sample, cfg, rng)]
+
+
+def decode_sample(sample: dict, heavy: bool = True) -> dict:
+    """Raw tar members (bytes) -> arrays (.npy) and dicts (.json), in place; video stays bytes.
+    heavy=False leaves HEAVY_KEYS as bytes (decode them later with heavy=True)."""
+    for k, v in sample.items():
+        if not isinstance(v, bytes) or (not heavy and k in HEAVY_KEYS):
+            continue
+        if k.endswith(".npy"):
+            sample[k] = np.load(io.BytesIO(v), allow_pickle=False)
+        elif k.endswith(".json"):
+            sample[k] = json.loads(v)
+    return sample
 
 
 def collate_clips(clips: list[dict]) -> dict:

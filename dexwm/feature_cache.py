@@ -24,6 +24,11 @@ from dexwm.video import decode_video
 _ENCODERS: dict[str, FrozenEncoder] = {}  # one per worker process
 
 
+def _all(urls):
+    """Node splitter that keeps every shard: this reader is meant to see all of them."""
+    return urls
+
+
 def _encoder(spec: dict) -> FrozenEncoder:
     key = repr(sorted(spec.items()))
     if key not in _ENCODERS:
@@ -44,7 +49,9 @@ def _process(args: tuple) -> list[dict]:
     enc = _encoder(spec)
     info = enc.describe()
     out = []
-    for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
+    for sample in wds.WebDataset(
+        url, shardshuffle=False, empty_check=False, nodesplitter=_all
+    ).decode():
         validate_sample(sample, need_frames=True)
         frames = (
             sample["frames.npy"] if "frames.npy" in sample else decode_video(sample["frames.mp4"])

@@ -1,10 +1,18 @@
 """Streaming clips from webdataset shards: one pipeline stage per line.
 
-shard list (paths, folders with manifest.json, globs, URLs; resampled = infinite)
--> split by node (DDP rank) and by dataloader worker
--> tar members -> samples (a truncated / corrupt shard raises naming it, or is skipped + counted)
--> shuffle buffer -> decode npy/json -> schema validation -> clips (frames/feats + actions)
--> mix several datasets with weights -> batches
+Three ways to split the data over DDP ranks and dataloader workers:
+- "shard" (one process): shards are divided among workers; one pass per epoch.
+- "exact" (finite data on several ranks): every process reads every shard in the same epoch-seeded
+  order, plans the same clips, and builds only its own (clip g goes to rank g % world, then to
+  worker (g // world) % workers). No clip is duplicated or dropped, and every rank yields the same
+  number of batches (the last batches of a rank may be one clip smaller), so DDP never waits at an
+  epoch's end. Each process reads all shard bytes but decodes only its own clips' features/frames.
+- resampled: an endless, seeded random choice of shards per rank and worker (large data, many
+  GPUs); `epoch_batches` sets the epoch length, equal on every rank by construction.
+
+Stages: shard list -> [split] -> tar members -> samples (a truncated / corrupt shard raises naming
+it, or is skipped and counted) -> shuffle buffer -> decode npy/json -> schema validation -> clips
+(frames/feats + actions) -> mix datasets with weights -> batches.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from dexwm.clips import ClipConfig, collate_clips, make_clips
+from dexwm.clips import ClipConfig, build_clip, collate_clips, decode_sample, plan_clips
 from dexwm.schema import SchemaError, validate_sample
 from dexwm.shards import shard_paths
 
@@ -117,56 +125,82 @@ def tar_samples(on_bad: str):
 class Epoch:
     """The current epoch, shared by a pipeline's stages and set before each epoch (workers are not
     persistent, so each epoch's workers get the new value). Every random choice of the pipeline is
-    seeded from (seed, epoch, rank, worker): a resumed run sees the same data as an uninterrupted one."""
+    seeded from (seed, epoch[, rank, worker]): a resumed run sees the same data as an uninterrupted
+    one."""
 
     def __init__(self) -> None:
         self.value = 0
 
 
 def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed if initialised, else the launcher's
+    environment (torchrun / Lightning / SLURM set RANK and WORLD_SIZE), else (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _rng(seed: int, epoch: Epoch, per_worker: bool = True) -> random.Random:
-    info = torch.utils.data.get_worker_info()
-    parts = (seed, epoch.value) + ((rank_world()[0], info.id if info else 0) if per_worker else ())
+@dataclass
+class Where:
+    """Rank and world size, captured when the loader is built (dataloader workers have no process
+    group) and shipped to the workers with the pipeline."""
+
+    rank: int = 0
+    world: int = 1
+
+    @staticmethod
+    def worker() -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        return (info.id, info.num_workers) if info else (0, 1)
+
+
+def _rng(seed: int, epoch: Epoch, where: Where | None) -> random.Random:
+    """Seeded by (seed, epoch) and, if `where` is given, this rank and worker."""
+    parts = (seed, epoch.value) + ((where.rank, Where.worker()[0]) if where else ())
     return random.Random(repr(parts))
 
 
 class ShardList(torch.utils.data.IterableDataset):
-    """Source stage: shard URLs in an epoch-seeded order (the same on every rank, so the node
-    split is a partition), or, resampled, an endless seeded random choice per rank and worker."""
+    """Source stage: shard URLs in an epoch-seeded order (the same on every rank), or, resampled, an
+    endless seeded random choice per rank and worker."""
 
     def __init__(
-        self, urls: list[str], resampled: bool, shuffle: bool, seed: int, epoch: Epoch
-    ) -> None:
-        self.urls, self.resampled, self.shuffle, self.seed, self.epoch = (
-            urls,
-            resampled,
-            shuffle,
-            seed,
-            epoch,
-        )
+        self, urls: list[str], resampled: bool, shuffle: bool, seed: int, epoch: Epoch, where: Where
+    ):
+        self.urls, self.resampled, self.shuffle = urls, resampled, shuffle
+        self.seed, self.epoch, self.where = seed, epoch, where
 
     def __iter__(self) -> Iterator[dict]:
         if self.resampled:
-            rng = _rng(self.seed, self.epoch)
+            rng = _rng(self.seed, self.epoch, self.where)
             while True:
                 yield {"url": rng.choice(self.urls)}
         order = list(self.urls)
         if self.shuffle:
-            _rng(self.seed, self.epoch, per_worker=False).shuffle(order)
+            _rng(self.seed, self.epoch, None).shuffle(order)
         yield from ({"url": u} for u in order)
 
 
-def shuffled(bufsize: int, seed: int, epoch: Epoch):
-    """Sample shuffle buffer, seeded per epoch, rank and worker."""
+def split_shards(where: Where):
+    """Shard-level split over ranks (captured) and dataloader workers."""
 
     def stage(src: Iterator[dict]) -> Iterator[dict]:
-        rng, buf = _rng(seed + 1, epoch), []
+        w, nw = Where.worker()
+        for i, s in enumerate(src):
+            if i % (where.world * nw) == where.rank * nw + w:
+                yield s
+
+    return stage
+
+
+def shuffled(bufsize: int, seed: int, epoch: Epoch, where: Where | None):
+    """Sample shuffle buffer, seeded per epoch (and per rank and worker unless where is None)."""
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        rng, buf = _rng(seed + 1, epoch, where), []
         for x in src:
+            if not x:  # end-of-shard marker
+                continue
             buf.append(x)
             if len(buf) >= bufsize:
                 i = rng.randrange(len(buf))
@@ -178,11 +212,26 @@ def shuffled(bufsize: int, seed: int, epoch: Epoch):
     return stage
 
 
+def decoded(heavy: bool, on_bad: str):
+    """Decode npy/json members (heavy=False: not features / raw frames yet)."""
+    handler = _handler(on_bad)
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        for sample in src:
+            if not sample:
+                continue
+            try:
+                yield decode_sample(sample, heavy=heavy)
+            except Exception as e:
+                e.args = (*e.args, sample.get("__url__", "?"))
+                handler(e)
+
+    return stage
+
+
 def validated(on_bad: str, need_feats: bool):
     def stage(src: Iterator[dict]) -> Iterator[dict]:
         for sample in src:
-            if not sample:  # webdataset's end-of-shard marker
-                continue
             try:
                 validate_sample(sample, need_feats=need_feats)
             except SchemaError as e:
@@ -196,11 +245,77 @@ def validated(on_bad: str, need_feats: bool):
     return stage
 
 
-def to_clips(cfg: ClipConfig, seed: int, epoch: Epoch):
+def to_clips(cfg: ClipConfig, seed: int, epoch: Epoch, where: Where):
+    """All clips of each sample (this process reads only its own shards)."""
+
     def stage(src: Iterator[dict]) -> Iterator[dict]:
-        rng = np.random.default_rng(_rng(seed + 2, epoch).getrandbits(64))
+        rng = np.random.default_rng(_rng(seed + 2, epoch, where).getrandbits(64))
         for sample in src:
-            yield from make_clips(sample, cfg, rng)
+            for idx in plan_clips(sample, cfg, rng):
+                yield build_clip(sample, idx, cfg, rng)
+
+    return stage
+
+
+def own_clips(cfg: ClipConfig, seed: int, epoch: Epoch, where: Where, source: int):
+    """Exact split: every process plans the same clips (same rng everywhere) and builds its own.
+    Ends with a marker {"__end__": (source, number of clips planned)} for `exact_batches`."""
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        plan_rng = np.random.default_rng(_rng(seed + 2, epoch, None).getrandbits(64))
+        rng = np.random.default_rng(_rng(seed + 3, epoch, where).getrandbits(64))  # augmentation
+        w, nw = Where.worker()
+        g = 0
+        for sample in src:
+            mine = []
+            for idx in plan_clips(sample, cfg, plan_rng):
+                if g % where.world == where.rank and (g // where.world) % nw == w:
+                    mine.append(idx)
+                g += 1
+            if mine:
+                decode_sample(sample, heavy=True)
+                validate_sample(sample, need_feats=cfg.features == "feats")
+                for idx in mine:
+                    yield build_clip(sample, idx, cfg, rng)
+        yield {"__end__": (source, g)}
+
+    return stage
+
+
+def exact_batches(batch_size: int, where: Where):
+    """Batches such that every rank's worker w yields the same number of batches: hold back the
+    last two batches' worth of clips; at the end, knowing every source's clip count (hence every
+    rank's), split the remainder into the number of batches the fullest rank needs."""
+    if batch_size < 2 and where.world > 1:
+        raise ValueError("the exact DDP split needs batch_size >= 2")
+
+    def count(G: int, r: int, w: int, nw: int) -> int:
+        """Clips g < G assigned to rank r (g % world == r), worker w ((g // world) % nw == w)."""
+        per_rank = max(0, (G - r + where.world - 1) // where.world)
+        return max(0, (per_rank - w + nw - 1) // nw)
+
+    def stage(src: Iterator[dict]) -> Iterator[dict]:
+        w, nw = Where.worker()
+        pending, out, ends = [], 0, {}
+        for clip in src:
+            if "__end__" in clip:
+                ends[clip["__end__"][0]] = clip["__end__"][1]
+                continue
+            pending.append(clip)
+            if len(pending) >= 2 * batch_size:
+                yield collate_clips(pending[:batch_size])
+                pending, out = pending[batch_size:], out + 1
+        mine = {r: sum(count(G, r, w, nw) for G in ends.values()) for r in range(where.world)}
+        need = -(-max(mine.values()) // batch_size) - out
+        if need == 0 and not pending:
+            return
+        if not 1 <= need <= len(pending):
+            raise RuntimeError(
+                f"cannot give every rank the same number of batches ({mine} clips per rank for worker "
+                f"{w}, batch size {batch_size}): too few clips for {where.world} ranks x {nw} workers"
+            )
+        for part in np.array_split(np.arange(len(pending)), need):
+            yield collate_clips([pending[i] for i in part])
 
     return stage
 
@@ -214,27 +329,41 @@ def clip_stream(
     seed: int = 0,
     on_bad: str = "raise",
     epoch: Epoch | None = None,
+    where: Where | None = None,
+    exact: bool = False,
+    source_id: int = 0,
 ) -> wds.DataPipeline:
     """Pipeline of clips (not batched) of one data source."""
     urls = expand_paths(source.paths)
-    epoch = epoch or Epoch()
+    epoch, where = epoch or Epoch(), where or Where()
+    need_feats = cfg.features == "feats"
+    if exact:
+        return wds.DataPipeline(
+            ShardList(urls, False, shuffle > 0, seed, epoch, where),  # same order in every process
+            tar_samples(on_bad),  # tar members -> samples (every process reads every shard)
+            *([shuffled(shuffle, seed, epoch, None)] if shuffle else []),  # same buffer everywhere
+            decoded(heavy=False, on_bad=on_bad),  # meta + keypoints; features/frames stay bytes
+            validated("raise", need_feats),  # schema v1 (skipping here would desynchronise ranks)
+            own_clips(cfg, seed, epoch, where, source_id),  # plan all clips, build this process's
+        )
     return wds.DataPipeline(
-        ShardList(urls, resampled, shuffle > 0, seed, epoch),  # shard URLs, epoch-seeded order
-        *([] if resampled else [wds.split_by_node]),  # DDP rank -> its shards
-        wds.split_by_worker,  # dataloader worker -> its shards
+        ShardList(urls, resampled, shuffle > 0, seed, epoch, where),  # shard URLs, epoch-seeded
+        *([] if resampled else [split_shards(where)]),  # rank and worker -> their shards
         tar_samples(on_bad),  # tar members -> samples
-        *([shuffled(shuffle, seed, epoch)] if shuffle else []),  # sample shuffle buffer
-        wds.decode(handler=_handler(on_bad)),  # .npy -> arrays, .json -> dicts (mp4 stays bytes)
-        validated(on_bad, need_feats=cfg.features == "feats"),  # schema v1 or a clear error
-        to_clips(cfg, seed, epoch),  # frames/feats + actions at the sampled indices
+        *([shuffled(shuffle, seed, epoch, where)] if shuffle else []),  # sample shuffle buffer
+        decoded(heavy=True, on_bad=on_bad),  # .npy -> arrays, .json -> dicts (mp4 stays bytes)
+        validated(on_bad, need_feats),  # schema v1 or a clear error
+        to_clips(cfg, seed, epoch, where),  # frames/feats + actions at the sampled indices
     )
 
 
-def mixed(streams: list, weights: list[float], seed: int, epoch: Epoch, longest: bool):
+def mixed(
+    streams: list, weights: list[float], seed: int, epoch: Epoch, where: Where, longest: bool
+):
     """Interleave clip streams, drawing each next clip from a stream with probability ~ weight."""
 
     def stage() -> Iterator[dict]:
-        rng = _rng(seed + 3, epoch)
+        rng = _rng(seed + 4, epoch, where)
         its, w = [iter(s) for s in streams], list(weights)
         while its:
             i = rng.choices(range(len(its)), weights=w)[0]
@@ -261,14 +390,21 @@ def make_loader(
     on_bad: str = "raise",
     drop_last: bool = True,
     epoch: Epoch | None = None,
+    split: str = "auto",
 ) -> wds.WebLoader:
-    """Batches of clips from one or several weighted sources. resampled=True: infinite stream (set
-    epoch_batches); otherwise one pass over the shards per epoch. `epoch`: set its value before each
-    epoch for a fresh, reproducible data order."""
+    """Batches of clips from one or several weighted sources.
+
+    resampled=True: infinite stream (set epoch_batches). Otherwise one pass per epoch, split over
+    DDP ranks by `split`: "auto" = "exact" when several ranks run, else "shard" (see module doc).
+    `epoch`: set its value before each epoch for a fresh, reproducible data order."""
     if not sources:
         raise ValueError("no data sources given")
     if on_bad not in ("raise", "skip"):
         raise ValueError(f"on_bad={on_bad!r}: use 'raise' or 'skip'")
+    if split not in ("auto", "exact", "shard"):
+        raise ValueError(f"split={split!r}: use 'auto', 'exact' or 'shard'")
+    where = Where(*rank_world())
+    exact = not resampled and (split == "exact" or (split == "auto" and where.world > 1))
     epoch = epoch or Epoch()
     streams = [
         clip_stream(
@@ -279,18 +415,24 @@ def make_loader(
             seed=seed + 17 * i,
             on_bad=on_bad,
             epoch=epoch,
-        )
+            where=where,
+            exact=exact,
+            source_id=i,
+        )  # fmt: skip
         for i, s in enumerate(sources)
     ]
     weights = [s.weight for s in sources]
-    source = (
+    src = (
         streams[0]
         if len(streams) == 1
-        else mixed(streams, weights, seed, epoch, longest=not resampled)
+        else mixed(streams, weights, seed, epoch, where, longest=not resampled)
     )
-    batches = wds.DataPipeline(
-        source, wds.batched(batch_size, collation_fn=collate_clips, partial=not drop_last)
-    )
+    if exact:
+        batches = wds.DataPipeline(src, exact_batches(batch_size, where))
+    else:
+        batches = wds.DataPipeline(
+            src, wds.batched(batch_size, collation_fn=collate_clips, partial=not drop_last)
+        )
     loader = wds.WebLoader(batches, batch_size=None, num_workers=num_workers)
     return loader.with_epoch(epoch_batches) if epoch_batches else loader
 

@@ -102,14 +102,14 @@ def validate_sample(sample: dict, *, need_frames: bool = False, need_feats: bool
                 f"{where}: frames.npy {fr.dtype} {fr.shape}, expected uint8 ({T},H,W,3)"
             )
     if need_feats and "feats.npy" not in sample:
-        raise SchemaError(f"{where}: no feats.npy (run data_prep/cache_features.py first)")
-    if "feats.npy" in sample:
+        raise SchemaError(f"{where}: no feats.npy (run python -m data_prep.cache_features first)")
+    if "feats.npy" in sample and "encoder" not in meta:
+        raise SchemaError(f"{where}: feats.npy present but meta.json has no 'encoder' entry")
+    if isinstance(sample.get("feats.npy"), np.ndarray):  # (still bytes: checked when decoded)
         f = sample["feats.npy"]
         if f.ndim != 3 or f.shape[0] != T:
             raise SchemaError(f"{where}: feats.npy shape {f.shape}, expected ({T}, N, D)")
         # (NaN/inf in features is checked on the frames a clip uses: a full scan costs too much)
-        if "encoder" not in meta:
-            raise SchemaError(f"{where}: feats.npy present but meta.json has no 'encoder' entry")
 
 
 def make_meta(

@@ -21,6 +21,11 @@ from dexwm.schema import validate_sample
 from dexwm.shards import atomic_write_json
 
 
+def _all(urls):
+    """Node splitter that keeps every shard: this reader is meant to see all of them."""
+    return urls
+
+
 class RunningMoments:
     """Streaming mean / std per dimension in float64."""
 
@@ -54,7 +59,9 @@ def iter_clips_evenly(
         taken = 0
         for _ in range(max_passes):
             before = taken
-            for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
+            for sample in wds.WebDataset(
+                url, shardshuffle=False, empty_check=False, nodesplitter=_all
+            ).decode():
                 validate_sample(sample)
                 for clip in make_clips(sample, cfg, rng):
                     yield clip
