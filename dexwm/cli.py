@@ -45,6 +45,15 @@ class WorldModelCLI(LightningCLI):
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
         cfg = self._get(self.config_init, "trainer", default={})
+        if cfg.get("strategy") == "fsdp":  # shard the predictor block by block (paper scale, GPUs)
+            from lightning.pytorch.strategies import FSDPStrategy
+
+            from dexwm.predictor import Block
+
+            ckpt = self.model.wm.pred_cfg.grad_checkpointing
+            kwargs["strategy"] = FSDPStrategy(
+                auto_wrap_policy={Block}, activation_checkpointing_policy={Block} if ckpt else None
+            )
         if cfg.get("logger") in (None, True):
             root = cfg.get("default_root_dir") or "runs/train"
             csv = CSVLogger(root, name="logs")

@@ -57,7 +57,7 @@ class ConditionEmbedding(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cond_dim: int) -> None:
         super().__init__()
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -74,8 +74,8 @@ class Block(nn.Module):
             nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
         )
         # AdaLN-Zero: 9 modulations for the query stream, 2 for the clean context stream.
-        self.ada_query = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
-        self.ada_ctx = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.ada_query = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 9 * dim))
+        self.ada_ctx = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 2 * dim))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(-3, -2)  # (B, L, D) -> (B, h, L, d)
@@ -139,6 +139,7 @@ class PredictorConfig:
     max_frames: int = (
         3  # frames the model sees at once (= clip frames - 1: training clips add a target)
     )
+    cond_dim: int = 128  # width of the action (+ time gap) embedding that feeds AdaLN (DexWM: 132)
     time_gap: bool = True  # explicit time-gap embedding (improvement over DexWM)
     residual: bool = True  # predict f_{i+1} - f_i (False: predict f_{i+1} directly, as DexWM)
     grad_checkpointing: bool = False
@@ -155,10 +156,12 @@ class Predictor(nn.Module):
         self.feat_dim, self.num_tokens, self.action_dim = feat_dim, num_tokens, action_dim
         self.proj_in = nn.Linear(feat_dim, D)
         self.pos = nn.Parameter(torch.randn(cfg.max_frames, num_tokens, D) * 0.02)  # learned
-        self.cond = ConditionEmbedding(action_dim, D, cfg.time_gap)
-        self.blocks = nn.ModuleList(Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.cond = ConditionEmbedding(action_dim, cfg.cond_dim, cfg.time_gap)
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.heads, cfg.mlp_ratio, cfg.cond_dim) for _ in range(cfg.depth)
+        )
         self.final_norm = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.cond_dim, 2 * D))
         self.final = nn.Linear(D, feat_dim)
         # frame i's queries see clean frames 0..i: built once, sliced per call
         frame = torch.arange(cfg.max_frames).repeat_interleave(num_tokens)
@@ -240,7 +243,7 @@ class Predictor(nn.Module):
         c_ctx = (
             self.cond(context_actions, context_dt)
             if C > 1
-            else context.new_zeros(Bc, 0, self.cfg.dim)
+            else context.new_zeros(Bc, 0, self.cfg.cond_dim)
         )
         c_fut = self.cond(actions, dt)  # (B, H, D)
         frames = [context[:, j] for j in range(C)]  # clean frames, (Bc or B, N, Df) each

@@ -39,6 +39,16 @@ class OptimConfig:
     pct_start: float = 0.1
     div_factor: float = 25.0
     final_div_factor: float = 1e4
+    # Linear LR scaling: if set, the max lr used is lr x global_batch / base_batch, where
+    # global_batch = batch_size x devices x nodes x accumulate_grad_batches (DexWM: 1e-4 at 4096).
+    base_batch: int | None = None
+
+
+def scaled_lr(
+    lr: float, base_batch: int | None, batch_size: int, world_size: int, accumulate: int
+) -> float:
+    """The linear learning-rate scaling rule (Goyal et al. 2017) used when base_batch is set."""
+    return lr if not base_batch else lr * batch_size * world_size * accumulate / base_batch
 
 
 def git_commit() -> str | None:
@@ -62,8 +72,12 @@ class WorldModelModule(L.LightningModule):
         loss: LossConfig | None = None,
         optim: OptimConfig | None = None,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
+        """compile: torch.compile the predictor (GPU runs; on a CPU it costs 12-24 s and did not
+        pay off here, DESIGN.md s.6)."""
         super().__init__()
+        self.compile_predictor = compile
         self.wm = WorldModel(
             encoder or EncoderSpec(),
             predictor or PredictorConfig(),
@@ -209,17 +223,27 @@ class WorldModelModule(L.LightningModule):
         self.log("val/feat_copy_last", copy_last, batch_size=B)
 
     # ----- optimisation -----------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.compile_predictor and not getattr(self, "_compiled", False):
+            self.wm.predictor.compile()  # in place: state-dict keys unchanged
+            self._compiled = True
+
     def configure_optimizers(self):
         o = self.optim_cfg
         params = [p for p in self.wm.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+        dm = self.trainer.datamodule
+        batch = getattr(dm, "batch_size", 1)
+        lr = scaled_lr(
+            o.lr, o.base_batch, batch, self.trainer.world_size, self.trainer.accumulate_grad_batches
+        )
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
         total = self.trainer.estimated_stepping_batches
         if not total or total == float("inf"):
             raise ValueError(
                 "OneCycle needs a finite schedule: set trainer.max_steps (or max_epochs with epoch_batches)"
             )
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=o.lr, total_steps=int(total), pct_start=o.pct_start,
+            opt, max_lr=lr, total_steps=int(total), pct_start=o.pct_start,
             div_factor=o.div_factor, final_div_factor=o.final_div_factor,
         )  # fmt: skip
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
