@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from dexwm.hand_head import soft_argmax
 from dexwm.schema import FINGERTIPS, WRIST
 
 RIGHT_HAND_MAPS = slice(6, 12)  # heatmaps: left wrist + 5 tips, then the right hand's
@@ -124,6 +123,8 @@ class KeypointCost(CostTerm):
         if goal.uv is None:
             raise ValueError("KeypointCost needs the goal's hand points (a model with a hand head)")
         if self.source == "predicted":
+            from dexwm.hand_head import soft_argmax  # (imports timm: only when used)
+
             hm = goal.wm.heatmaps(pred.feats)[..., RIGHT_HAND_MAPS, :, :]  # (B, H, 6, h, w)
             uv = soft_argmax(hm, self.temperature) / goal.wm.hand_cfg.scale  # (B, H, 6, 2)
         else:

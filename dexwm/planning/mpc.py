@@ -38,9 +38,13 @@ def run_episode(
     max_steps: int | None = None,
     stop_on_success: bool = True,
     video: bool = False,
+    observations: list[dict] | None = None,
 ) -> tuple[dict, list[np.ndarray] | None]:
-    """One episode of `policy` on `rig` -> (record, frames (camera | goal) or None)."""
+    """One episode of `policy` on `rig` -> (record, frames (camera | goal) or None); every
+    observation is appended to `observations` when given (data collection)."""
     obs = rig.reset(task, index)
+    keep = observations.append if observations is not None else (lambda o: None)
+    keep(obs)
     goal = rig.goal_image(task, index)
     policy.reset(rig, goal, obs)
     budget = rig.episode.max_steps if max_steps is None else int(max_steps)
@@ -54,6 +58,7 @@ def run_episode(
         calls += 1
         for q in targets[: budget - step]:
             obs = rig.step(q)
+            keep(obs)
             step += 1
             if video:
                 frames.append(np.concatenate([obs["image"], goal], axis=1))
@@ -115,10 +120,17 @@ def _run_job(job: tuple[int, str, int]) -> dict:
     pi, task, index = job
     opts = _WORKER["options"]
     policy = _WORKER["policies"][pi]
+    seen = [] if opts.get("collect_dir") else None
     record, frames = run_episode(
         _WORKER["rig"], policy, task, index, max_steps=opts["max_steps"],
         stop_on_success=opts["stop_on_success"], video=opts["video_dir"] is not None,
+        observations=seen,
     )  # fmt: skip
+    if seen is not None:
+        from dexwm.planning.aggregate import write_episode_shard
+
+        name = f"{policy.name}_{task}_{index:02d}"
+        record["shard"] = write_episode_shard(_WORKER["rig"], seen, opts["collect_dir"], name)
     if frames is not None:
         path = Path(opts["video_dir"]) / policy.name / f"{task}_{index:02d}.gif"
         write_gif(path, frames)
@@ -139,11 +151,13 @@ def evaluate(
     max_steps: int | None = None,
     stop_on_success: bool = True,
     resume: bool = False,
+    collect: str | Path | None = None,
     on_record=None,
 ) -> dict:
     """Run every policy on `episodes` (a count from 0, or indices) of every task; returns
     {"episodes": [records], "summary": {policy: {task: {...}}}, "config": {...}} and writes it
-    to `out` (see the module docstring). `on_record(record)` is called as episodes finish."""
+    to `out` (see the module docstring). `collect`: also write every episode as a shard (schema
+    v1) into this folder, for data aggregation. `on_record(record)` is called as episodes finish."""
     from dexwm.sim.tasks import N_EPISODES, TASKS
 
     names = [p.name for p in policies]
@@ -178,10 +192,11 @@ def evaluate(
         max_steps=max_steps,
         stop_on_success=stop_on_success,
         video_dir=str(out / "videos") if (video and out is not None) else None,
+        collect_dir=None if collect is None else str(collect),
     )
     records = list(done)
 
-    def collect(rec: dict) -> None:
+    def finish(rec: dict) -> None:
         records.append(rec)
         if out is not None:
             with open(out / "episodes.jsonl", "a") as f:
@@ -192,7 +207,7 @@ def evaluate(
     if workers == 1 or len(jobs) <= 1:
         _init_worker(policies, checkpoint, size, 0, opts)
         for job in jobs:
-            collect(_run_job(job))
+            finish(_run_job(job))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -203,7 +218,7 @@ def evaluate(
             initargs=(policies, checkpoint, size, threads, opts),
         ) as pool:  # fmt: skip
             for fut in as_completed([pool.submit(_run_job, j) for j in jobs]):
-                collect(fut.result())
+                finish(fut.result())
     order = {n: k for k, n in enumerate(names)}
     records.sort(key=lambda r: (order.get(r["policy"], 99), r["task"], r["episode"]))
     result = {

@@ -1,0 +1,138 @@
+"""Data aggregation ("version 2" of the seeds' model-based RL): plan with the current model,
+collect the episodes back into shards, fine-tune the model on old + new data, plan again.
+
+    python plan.py aggregate --config configs/plan/aggregate.yaml --checkpoint CKPT
+
+Round r (0..rounds-1): evaluate the policy with model r on `eval_episodes`; run it on
+`collect_episodes` (keep them disjoint from the evaluation episodes) recording every step as a
+shard of schema v1 (frames, commanded keypoints, joints: what the exploration data hold); cache
+their features; fine-tune model r on the base data + everything collected so far (train.py with
+`--model.init_from`) -> model r+1. A last evaluation scores the final model. Success per round
+goes to `out`/rounds.json.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dexwm.planning.policy import Policy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_episode_shard(rig, observations: list[dict], folder: str | Path, name: str) -> str:
+    """One episode's observations -> `folder`/`name`.tar with one sample (schema v1)."""
+    from dexwm.schema import make_meta, sample_key
+    from dexwm.shards import atomic_write_bytes, samples_to_tar_bytes
+    from dexwm.sim.explore import FPS, LICENCE
+
+    frames = np.stack([o["image"] for o in observations])  # (T, H, W, 3)
+    T, H, W, _ = frames.shape
+    meta = make_meta(
+        source="sim_allegro_mpc", embodiment="allegro", fps=FPS, size=(H, W),
+        intrinsics=rig.K(H).tolist(), licence=LICENCE, camera_valid=True,
+        camera_extrinsics=rig.camera.extrinsics(), frames=int(T), episode=name,
+        joint_names=list(rig.info.joints),
+        hands_note="commanded keypoints (FK of the joint targets), camera frame, OpenCV axes",
+    )  # fmt: skip
+    sample = {
+        "__key__": sample_key("sim_allegro_mpc", name, "front", 0),
+        "frames.npy": frames,
+        "hands.npy": np.stack([o["keypoints"] for o in observations]).astype(np.float32),
+        "hands_uv.npy": np.stack([o["keypoints_uv"] for o in observations]).astype(np.float32),
+        "hands_valid.npy": np.stack([o["valid"] for o in observations]),
+        "camera.npy": np.zeros((T, 6), np.float32),
+        "joints.npy": np.stack([o["commanded"] for o in observations]).astype(np.float32),
+        "ee.npy": np.stack([o["ee"] for o in observations]).astype(np.float32),
+        "meta.json": meta,
+    }
+    path = Path(folder) / f"{name}.tar"
+    atomic_write_bytes(path, samples_to_tar_bytes([sample]))
+    return str(path)
+
+
+def finetune(
+    checkpoint: str,
+    data: list[dict],
+    out: Path,
+    steps: int,
+    train_configs: list[str],
+    extra_args: list[str],
+) -> str:
+    """train.py fit from `checkpoint`'s weights on `data` sources; returns the new last.ckpt."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "fit"]
+    for c in train_configs:
+        cmd += ["--config", c]
+    cmd += [
+        "--model.init_from", checkpoint, "--data.train", json.dumps(data),
+        "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(out),
+        "--trainer.enable_progress_bar", "false", *extra_args,
+    ]  # fmt: skip
+    log = out / "train.log"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"fine-tuning failed (exit {done.returncode}); see {log}")
+    return str(out / "checkpoints" / "last.ckpt")
+
+
+def aggregate(
+    checkpoint: str,
+    policy: Policy,
+    base_data: list[str],
+    out: str,
+    rounds: int = 2,
+    tasks: list[str] = ("reach", "grasp", "place"),  # noqa: B006 (read-only)
+    eval_episodes: list[int] = tuple(range(10)),  # noqa: B008
+    collect_episodes: list[int] = tuple(range(25, 50)),  # noqa: B008
+    collect_weight: float = 1.0,
+    finetune_steps: int = 300,
+    train_configs: list[str] = ("configs/model/tiny.yaml", "configs/train/tiny.yaml"),  # noqa: B006
+    train_args: list[str] = (),  # noqa: B006
+    workers: int = 1,
+    threads: int = 1,
+    video: bool = False,
+) -> dict:
+    """Run `rounds` of evaluate -> collect -> fine-tune, then a final evaluation; returns (and
+    writes to out/rounds.json) the success per round."""
+    from dexwm.feature_cache import cache_features
+    from dexwm.planning.mpc import evaluate
+    from dexwm.world_model import WorldModel
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    overlap = set(eval_episodes) & set(collect_episodes)
+    if overlap:
+        raise ValueError(f"collect_episodes overlap the evaluation episodes: {sorted(overlap)}")
+    WorldModel.from_checkpoint(checkpoint)  # a clear error now, not after an hour of planning
+    out_dir = Path(out)
+    enc = WorldModel.from_checkpoint(checkpoint).encoder_spec
+    common = dict(tasks=list(tasks), workers=workers, threads=threads)
+    sources = [{"paths": list(base_data), "weight": 1.0, "name": "base"}]
+    history = []
+    for r in range(rounds + 1):
+        rd = out_dir / f"round{r}"
+        ev = evaluate([policy], episodes=list(eval_episodes), checkpoint=checkpoint,
+                      out=rd / "eval", video=video, **common)  # fmt: skip
+        summary = ev["summary"][policy.name]
+        history.append({"round": r, "checkpoint": checkpoint, "summary": summary})
+        (out_dir / "rounds.json").write_text(json.dumps(history, indent=1))
+        if r == rounds:
+            break
+        collector = copy.deepcopy(policy)
+        collector.name = f"{policy.name}_collect"
+        evaluate([collector], episodes=list(collect_episodes), checkpoint=checkpoint,
+                 out=rd / "collect", video=False, stop_on_success=False,
+                 collect=rd / "shards", **common)  # fmt: skip
+        cache_features(str(rd / "shards" / "*.tar"), rd / "feats", enc, progress=False)
+        sources.append({"paths": [str(rd / "feats")], "weight": collect_weight, "name": f"mpc{r}"})
+        checkpoint = finetune(checkpoint, sources, rd / "train", finetune_steps,
+                              list(train_configs), list(train_args))  # fmt: skip
+    return {"rounds": history}

@@ -1,0 +1,117 @@
+"""Data aggregation and baselines: MPC episodes written back as shards the loader reads (with the
+planner's actions), baselines in the harness, BC training, the plan.py entry point."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dexwm.clips import ClipConfig, make_clips  # noqa: E402
+from dexwm.planning import JointSpace, evaluate, run_episode  # noqa: E402
+from dexwm.planning.aggregate import write_episode_shard  # noqa: E402
+from dexwm.planning.baselines import (  # noqa: E402
+    BCPolicy,
+    HoldPolicy,
+    OraclePolicy,
+    RandomPolicy,
+    train_goal_bc,
+)
+from dexwm.schema import validate_sample  # noqa: E402
+from dexwm.sim.rig import Rig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rig():
+    r = Rig("allegro", size=128)
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def collected(rig, tmp_path_factory):
+    """Two short random-policy episodes written as shards, then with cached features."""
+    from dexwm.feature_cache import cache_features
+
+    folder = tmp_path_factory.mktemp("collected")
+    runs = []
+    for i, task in enumerate(("reach", "grasp")):
+        seen = []
+        record, _ = run_episode(rig, RandomPolicy(seed=i), task, i, max_steps=12,
+                                stop_on_success=False, observations=seen)  # fmt: skip
+        runs.append((seen, write_episode_shard(rig, seen, folder / "shards", f"random_{task}")))
+    cache_features(str(folder / "shards" / "*.tar"), folder / "feats", progress=False)
+    return runs, folder
+
+
+def test_collected_episodes_are_valid_shards_with_the_planners_actions(rig, collected):
+    import webdataset as wds
+
+    runs, folder = collected
+    seen, path = runs[0]
+    samples = list(wds.WebDataset(path, shardshuffle=False, empty_check=False).decode())
+    assert len(samples) == 1
+    s = samples[0]
+    validate_sample(s, need_frames=True)
+    assert s["frames.npy"].shape == (13, 128, 128, 3) and s["meta.json"]["embodiment"] == "allegro"
+    clip = make_clips(s, ClipConfig(num_frames=13, mode="fixed", gap=1), np.random.default_rng(0))[
+        0
+    ]
+    space = JointSpace.from_rig(rig)
+    joints = torch.tensor(np.stack([o["commanded"] for o in seen]), dtype=torch.float32)
+    acts, _, _ = space.actions(joints[0], joints[None, 1:])
+    np.testing.assert_allclose(clip["actions"], acts[0].numpy(), atol=2e-5)
+    np.testing.assert_allclose(clip["dt"], 0.1, atol=1e-6)
+
+
+def test_baselines_in_the_harness(rig):
+    res = evaluate([HoldPolicy(), RandomPolicy(), OraclePolicy()], tasks=["reach"], episodes=[4],
+                   video=False)  # fmt: skip
+    by = {r["policy"]: r for r in res["episodes"]}
+    assert by["oracle"]["success_dexwm"] and by["oracle"]["success_strict"]
+    assert not by["hold"]["success_dexwm"]
+    assert by["oracle"]["final_distance"] < 0.03 < by["hold"]["final_distance"]
+    assert by["random"]["steps"] == 40  # no success: the task's full step budget
+
+
+def test_goal_bc_trains_and_acts(rig, collected, tmp_path):
+    _, folder = collected
+    out = tmp_path / "bc.pt"
+    info = train_goal_bc(str(folder / "feats"), str(out), steps=40, batch_size=32, val_episodes=1)
+    hist = info["history"]
+    assert info["episodes"] == 2 and hist[-1]["train"] < hist[0]["train"]
+    ck = torch.load(out, weights_only=True)
+    assert ck["config"]["chunk"] == 3 and ck["encoder"]["name"]
+    policy = BCPolicy(str(out), execute=2)
+    record, _ = run_episode(rig, policy, "reach", 1, max_steps=4)
+    assert record["steps"] == 4 and policy.stats["calls"] == 2
+    obs = rig.observe()
+    plan = policy.plan(obs, horizon=5)
+    assert plan.shape == (5, 23) and np.allclose(plan[3], plan[4])
+    lo, hi = rig.joint_limits.T
+    assert (plan >= lo - 1e-6).all() and (plan <= hi + 1e-6).all()
+
+
+def test_plan_py_cli_writes_results_and_config(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, str(ROOT / "plan.py"), "eval", "--config",
+           str(ROOT / "configs/plan/baselines.yaml"), "--policies",
+           "[{class_path: dexwm.planning.baselines.HoldPolicy}]", "--tasks", "[place]",
+           "--episodes", "[3]", "--max_steps", "3", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| hold | place | 1 |" in done.stdout
+    assert "git commit" in (out / "config.yaml").read_text()
+    assert json.loads((out / "summary.json").read_text())["hold"]["place"]["episodes"] == 1
+    assert (out / "videos/hold/place_03.gif").exists()
+    bad = subprocess.run(cmd[:-2] + ["--episodes", "[77]"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "episodes must lie in 0..49" in bad.stderr
