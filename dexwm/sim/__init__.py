@@ -4,10 +4,23 @@ forward kinematics, IK control, evaluation tasks, scripted oracles, exploration 
 
 Importing this package has no side effects; set MUJOCO_GL (e.g. `egl`) before rendering.
 Model files are found at run time (dexwm.sim.assets), never stored in the repository.
+Names are resolved lazily, so simulating and rendering never import torch (only `KeypointFK`,
+`TreeFK` and `Rig.fk` need it): data-generation workers start seconds faster.
 """
 
-from dexwm.sim.kinematics import KeypointFK, TreeFK
-from dexwm.sim.rig import Rig
-from dexwm.sim.tasks import N_EPISODES, TASKS
+from importlib import import_module
 
-__all__ = ["KeypointFK", "N_EPISODES", "Rig", "TASKS", "TreeFK"]
+_EXPORTS = {
+    "KeypointFK": "dexwm.sim.kinematics",
+    "TreeFK": "dexwm.sim.kinematics",
+    "Rig": "dexwm.sim.rig",
+    "TASKS": "dexwm.sim.tasks",
+    "N_EPISODES": "dexwm.sim.tasks",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dexwm.sim' has no attribute {name!r}")

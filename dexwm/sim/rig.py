@@ -22,7 +22,6 @@ from dexwm.sim import tasks
 from dexwm.sim.camera import Camera
 from dexwm.sim.control import IK
 from dexwm.sim.grasps import HandShapes
-from dexwm.sim.kinematics import KeypointFK
 from dexwm.sim.robots import GRIPPER, GRIPPER_ACTUATOR
 from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, OBJECTS, build_model, object_body
 
@@ -245,10 +244,12 @@ class Rig:
         return self.observe(render)
 
     @property
-    def fk(self) -> KeypointFK:
-        """Batched torch FK of this rig: joint targets (N, J) -> keypoints (N, 21, 3), camera
-        frame (a torch Module; differentiable)."""
+    def fk(self):
+        """Batched torch FK of this rig (dexwm.sim.kinematics.KeypointFK): joint targets (N, J)
+        -> keypoints (N, 21, 3), camera frame; differentiable. Imports torch on first use."""
         if self._fk is None:
+            from dexwm.sim.kinematics import KeypointFK
+
             self._fk = KeypointFK(self.model, self.info, self.camera)
         return self._fk
 
