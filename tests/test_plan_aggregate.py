@@ -12,9 +12,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _plan import tiny_model  # noqa: E402
 
 from dexwm.clips import ClipConfig, make_clips  # noqa: E402
-from dexwm.planning import JointSpace, evaluate, run_episode  # noqa: E402
+from dexwm.planning import CEM, JointSpace, MPCPolicy, evaluate, run_episode  # noqa: E402
 from dexwm.planning.aggregate import write_episode_shard  # noqa: E402
 from dexwm.planning.baselines import (  # noqa: E402
     BCPolicy,
@@ -98,6 +99,25 @@ def test_goal_bc_trains_and_acts(rig, collected, tmp_path):
     assert plan.shape == (5, 23) and np.allclose(plan[3], plan[4])
     lo, hi = rig.joint_limits.T
     assert (plan >= lo - 1e-6).all() and (plan <= hi + 1e-6).all()
+    # as the planner's prior: its plan is a candidate (or the search's centre) at every call
+    seen = []
+    planner = CEM(samples=8, elites=2, iterations=1)
+
+    def spy(roll, cost, mean, std, lo, hi, props, gen):
+        seen.append((mean, props))
+        return planner(roll, cost, mean, std, lo, hi, props, gen)
+
+    for prior_mean in (False, True):
+        mpc = MPCPolicy(planner, prior=BCPolicy(str(out)), prior_mean=prior_mean).use_model(
+            tiny_model()
+        )
+        mpc.planner = spy
+        obs = rig.reset("grasp", 2)
+        mpc.reset(rig, rig.goal_image("grasp", 2), obs)
+        mpc.act(obs)
+        expected = torch.tensor(mpc.prior.plan(obs, 3), dtype=torch.float32)
+        mean, props = seen[-1]
+        torch.testing.assert_close(mean if prior_mean else props[0], expected)
 
 
 def test_plan_py_cli_writes_results_and_config(tmp_path):

@@ -10,7 +10,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from _plan import tiny_model  # noqa: E402
 
 from dexwm.actions import keypoint_actions  # noqa: E402
 from dexwm.planning import (  # noqa: E402
@@ -43,19 +43,6 @@ def rig():
 @pytest.fixture(scope="module")
 def space(rig):
     return JointSpace.from_rig(rig)
-
-
-def tiny_model(seed=0, perturb=True):
-    """The tiny preset's world model with random (non-zero) predictor weights, so plans matter."""
-    from dexwm.world_model import WorldModel
-
-    cfg = yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text())["model"]
-    torch.manual_seed(seed)
-    wm = WorldModel(**{k: cfg[k] for k in ("encoder", "predictor", "hand_head", "feature_norm")})
-    if perturb:
-        for p in wm.predictor.parameters():
-            torch.nn.init.normal_(p, std=0.02)
-    return wm.eval()
 
 
 @pytest.fixture(scope="module")

@@ -104,6 +104,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(policies, checkpoint, size, threads, options) -> None:
+    import timm  # noqa: F401  (must precede MuJoCo's EGL context: triton segfaults if imported after)
     import torch
 
     os.environ.setdefault("MUJOCO_GL", "egl")

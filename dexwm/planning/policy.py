@@ -70,6 +70,7 @@ class MPCPolicy(Policy):
         warm_start: start from the previous plan shifted by `execute` (else from q_0 repeated).
         use: execute the planner's final "mean" or its "best" evaluated plan.
         prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
+        prior_mean: centre the search on the prior's plan (the warm start becomes a candidate).
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -87,6 +88,7 @@ class MPCPolicy(Policy):
         warm_start: bool = True,
         use: str = "mean",
         prior: Policy | None = None,
+        prior_mean: bool = False,
         checkpoint: str | None = None,
         seed: int = 0,
         name: str = "mpc",
@@ -104,7 +106,10 @@ class MPCPolicy(Policy):
             raise ValueError(f"use must be 'mean' or 'best', got {use!r}")
         self.horizon, self.context, self.execute = horizon, context, execute
         self.std_arm, self.std_hand, self.warm_start, self.use = std_arm, std_hand, warm_start, use
-        self.prior, self.checkpoint, self.seed, self.name = prior, checkpoint, seed, name
+        if prior_mean and prior is None:
+            raise ValueError("prior_mean needs a prior policy")
+        self.prior, self.prior_mean = prior, prior_mean
+        self.checkpoint, self.seed, self.name = checkpoint, seed, name
         self.wm = None
 
     def setup(self, checkpoint: str | None) -> None:
@@ -166,9 +171,10 @@ class MPCPolicy(Policy):
             mean = q0.expand(self.horizon, -1).clone()
         proposals = None
         if self.prior is not None:
-            proposals = torch.as_tensor(self.prior.plan(obs, self.horizon), dtype=torch.float32)[
-                None
-            ]
+            prior = torch.as_tensor(self.prior.plan(obs, self.horizon), dtype=torch.float32)
+            if self.prior_mean:  # search around the prior's plan; the warm start competes
+                mean, prior = prior, mean
+            proposals = prior[None]  # (1, H, J)
         result = self.planner(
             rollout, self.objective, mean, self.std, self.space.lower, self.space.upper,
             proposals, self.generator,
