@@ -152,3 +152,18 @@ def test_encoder_identity_check():
         check_encoder(enc, dict(enc, name="timm:b"), "here")
     with pytest.raises(ValueError, match=r"at \[224, 224\]"):
         check_encoder(enc, dict(enc, input_size=[224, 224]), "here")
+
+
+def test_eval_config_from_yaml_plus_overrides():
+    from pathlib import Path
+
+    from dexwm.evaluation import eval_config
+
+    tiny = Path(__file__).resolve().parents[1] / "configs/eval/tiny.yaml"
+    cfg = eval_config(tiny, checkpoint="m.ckpt", data=[{"paths": ["a"]}], probe={"steps": 5})
+    assert cfg.max_clips == 64 and cfg.horizon == 20 and cfg.step_s == 0.2  # preset + defaults
+    assert cfg.probe.steps == 5 and cfg.probe.scale == 0.5  # override merged into the preset
+    assert cfg.data[0].paths == ["a"]
+    assert eval_config(cfg, horizon=3).horizon == 3
+    with pytest.raises(ValueError, match="lacks \\['checkpoint'\\]"):
+        eval_config(tiny, data=[{"paths": ["a"]}])

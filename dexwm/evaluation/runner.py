@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from dexwm.clips import collate_clips
 from dexwm.evaluation import baselines as bl
 from dexwm.evaluation import report
 from dexwm.evaluation.cache import cache_path, load_module, save_module
+from dexwm.evaluation.config import EvalConfig, eval_config
 from dexwm.evaluation.data import (
     SourceReport,
     check_encoder,
@@ -33,46 +34,17 @@ from dexwm.evaluation.data import (
     shard_fingerprint,
     source_name,
 )
-from dexwm.evaluation.metrics import DEXWM_PCK_PX, Accumulator, feature_errors, pck_counts
+from dexwm.evaluation.metrics import Accumulator, feature_errors, pck_counts
 from dexwm.evaluation.metrics import scaled_thresholds as scale_px
-from dexwm.evaluation.pixel_decoder import DecoderConfig, PixelDecoder, output_size, train_decoder
+from dexwm.evaluation.pixel_decoder import PixelDecoder, output_size, train_decoder
 from dexwm.evaluation.probe import (
     KeypointProbe,
-    ProbeConfig,
     probe_config_dict,
     resolve,
     train_probe,
 )
 from dexwm.loader import DataSource, expand_paths, source_from
 from dexwm.world_model import WorldModel
-
-
-@dataclass
-class EvalConfig:
-    """Evaluation of a checkpoint on held-out shards (defaults: the DexWM protocol)."""
-
-    checkpoint: str  # a training checkpoint (e.g. runs/train/tiny/checkpoints/last.ckpt)
-    data: list[DataSource]  # HELD-OUT shards; one result group per source (and per embodiment)
-    out_dir: str = "runs/eval"
-    train_data: list[DataSource] | None = None  # held-in shards for probe / decoder (None: the
-    #   checkpoint's data.train)
-    horizon: int = 20  # rollout steps (DexWM: 20 x 0.2 s = 4 s)
-    step_s: float = 0.2  # seconds per step; frame gap = round(step_s * fps) per sample
-    context: int | None = None  # context frames (None: the model's window, predictor.max_frames)
-    clips_per_sample: int = 1  # distinct random clip starts per sample (seeded)
-    max_clips: int | None = None  # per source (None: all)
-    batch_size: int = 16
-    baselines: list[str] = field(default_factory=lambda: list(bl.BASELINES))
-    compare: dict[str, str] = field(default_factory=dict)  # name -> checkpoint (ablations)
-    pck: bool | None = None  # None: wherever possible, skips stated; True: required (error if not)
-    pck_px: list[float] = field(default_factory=lambda: list(DEXWM_PCK_PX))  # at 224x392
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    cache_dir: str | None = None  # probe / decoder cache (None: <out_dir>/cache)
-    vis_clips: int = 4  # clips shown as image strips (and videos)
-    videos: bool = True
-    seed: int = 0
-    progress: bool = True
 
 
 def _urls(sources: list[DataSource]) -> set[str]:
@@ -273,10 +245,11 @@ class _Evaluator:
             })  # fmt: skip
 
 
-def run_eval(cfg: EvalConfig | None = None, **kwargs) -> dict:
-    """Evaluate; returns the results dict that is also written to <out_dir>/results.json."""
-    cfg = cfg or EvalConfig(**kwargs)
-    cfg.data = [source_from(s) for s in cfg.data]
+def run_eval(cfg: EvalConfig | str | Path | list | None = None, **overrides) -> dict:
+    """Evaluate; returns the results dict that is also written to <out_dir>/results.json.
+    `cfg`: an EvalConfig, or YAML path(s) (e.g. configs/eval/tiny.yaml) that `overrides` (plain
+    values / dicts, e.g. checkpoint=..., data=[{"paths": [...]}], probe={"steps": 50}) update."""
+    cfg = eval_config(cfg, **overrides)
     if not cfg.data:
         raise ValueError("data: give at least one held-out source")
     if cfg.horizon < 1 or cfg.step_s <= 0:
