@@ -229,11 +229,19 @@ def decoded(heavy: bool, on_bad: str):
     return stage
 
 
-def validated(on_bad: str, need_feats: bool):
+def validated(on_bad: str, cfg: ClipConfig):
+    """Schema v1 check, demanding the payload the clips need (features, or frames)."""
+
     def stage(src: Iterator[dict]) -> Iterator[dict]:
         for sample in src:
+            has_feats = "feats.npy" in sample
+            need_frames = (
+                cfg.with_frames
+                or cfg.features == "frames"
+                or (cfg.features == "auto" and not has_feats)
+            )
             try:
-                validate_sample(sample, need_feats=need_feats)
+                validate_sample(sample, need_frames=need_frames, need_feats=cfg.features == "feats")
             except SchemaError as e:
                 if on_bad != "skip":
                     raise
@@ -336,14 +344,13 @@ def clip_stream(
     """Pipeline of clips (not batched) of one data source."""
     urls = expand_paths(source.paths)
     epoch, where = epoch or Epoch(), where or Where()
-    need_feats = cfg.features == "feats"
     if exact:
         return wds.DataPipeline(
             ShardList(urls, False, shuffle > 0, seed, epoch, where),  # same order in every process
             tar_samples(on_bad),  # tar members -> samples (every process reads every shard)
             *([shuffled(shuffle, seed, epoch, None)] if shuffle else []),  # same buffer everywhere
             decoded(heavy=False, on_bad=on_bad),  # meta + keypoints; features/frames stay bytes
-            validated("raise", need_feats),  # schema v1 (skipping here would desynchronise ranks)
+            validated("raise", cfg),  # schema v1 (skipping here would desynchronise ranks)
             own_clips(cfg, seed, epoch, where, source_id),  # plan all clips, build this process's
         )
     return wds.DataPipeline(
@@ -352,7 +359,7 @@ def clip_stream(
         tar_samples(on_bad),  # tar members -> samples
         *([shuffled(shuffle, seed, epoch, where)] if shuffle else []),  # sample shuffle buffer
         decoded(heavy=True, on_bad=on_bad),  # .npy -> arrays, .json -> dicts (mp4 stays bytes)
-        validated(on_bad, need_feats),  # schema v1 or a clear error
+        validated(on_bad, cfg),  # schema v1 or a clear error
         to_clips(cfg, seed, epoch, where),  # frames/feats + actions at the sampled indices
     )
 

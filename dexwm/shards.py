@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dexwm.schema import SCHEMA_VERSION
 
 PARTS = ".parts"
@@ -64,14 +66,38 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def samples_to_tar_bytes(samples: Sequence[dict]) -> bytes:
-    """Encode webdataset samples ({'__key__': ..., 'ext': value}) into tar bytes."""
-    import webdataset as wds
+def encode_member(key: str, value: Any) -> bytes:
+    """One sample field -> bytes, by extension, as webdataset's writer does for these types
+    (.npy: numpy format, .json: JSON, bytes: as they are). Kept here so that writer processes do
+    not import webdataset, which imports torch (5-7 s per worker process)."""
+    if isinstance(value, bytes):
+        return value
+    if key.endswith(".npy"):
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(value), allow_pickle=False)
+        return buf.getvalue()
+    if key.endswith(".json"):
+        return json.dumps(value).encode()
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"cannot encode field {key!r} of type {type(value).__name__}")
 
+
+def samples_to_tar_bytes(samples: Sequence[dict]) -> bytes:
+    """Encode webdataset samples ({'__key__': ..., 'ext': value}) into tar bytes: members named
+    <key>.<ext>, mtime 0 (deterministic bytes), readable by webdataset."""
     buf = io.BytesIO()
-    with wds.TarWriter(buf, mtime=0) as sink:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
-            sink.write(s)
+            key = s["__key__"]
+            for ext, value in s.items():
+                if ext.startswith("__"):
+                    continue
+                data = encode_member(ext, value)
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                info.uname = info.gname = "bigdata"
+                tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
