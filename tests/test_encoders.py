@@ -124,3 +124,28 @@ def test_crop_and_uv_transform_agree(encoder):
     peak = torch.nonzero(x == x.max()).float().mean(0)  # (row, col)
     uv = transform_uv(torch.tensor([u + 0.5, v + 0.5]), (64, 112), (90, 200))  # pixel centre
     assert abs(uv[0] - (peak[1] + 0.5)) < 0.5 and abs(uv[1] - (peak[0] + 0.5)) < 0.5
+
+
+def test_transformers_backbone_from_a_local_folder(tmp_path):
+    """`hf:<folder>` loads a transformers model saved locally (offline path): a small DINOv2-style
+    ViT with register tokens -> its patch tokens only, on the right grid."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                       patch_size=14, image_size=224)  # fmt: skip
+    model = Dinov2Model(cfg).eval()
+    model.save_pretrained(tmp_path / "dino")
+    enc = FrozenEncoder(
+        {
+            "name": f"hf:{tmp_path / 'dino'}",
+            "weights": str(tmp_path / "dino"),
+            "input_size": (112, 196),
+        }
+    )
+    frames = torch.randint(0, 255, (2, 120, 210, 3), dtype=torch.uint8)
+    out = enc(frames)
+    assert out.shape == (2, 8 * 14, 64) and enc.grid == (8, 14)
+    with torch.no_grad():
+        ref = model(pixel_values=enc.preprocess(frames)).last_hidden_state[:, 1:]
+    torch.testing.assert_close(out, ref)
+    assert all(not p.requires_grad for p in enc.parameters())

@@ -226,3 +226,11 @@ def test_exact_split_partitions_clips_with_equal_batch_counts(
     seen = [c for _, clips in per_rank for c in clips]
     assert len(counts) == 1  # same number of batches on every rank: no DDP hang
     assert sorted(seen) == sorted(everything)  # nothing dropped, nothing duplicated
+
+
+def test_shards_by_url(tmp_path_factory):
+    """Shard lists may be URLs (webdataset's openers): here a pipe: URL."""
+    root = synthetic_shards(tmp_path_factory)
+    urls = [f"pipe:cat {p}" for p in shard_paths(root)]
+    b = first_batch([DataSource(urls)], ClipConfig(num_frames=2, mode="fixed"), shuffle=0)
+    assert b["actions"].shape == (4, 1, 134)
