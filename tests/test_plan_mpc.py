@@ -100,6 +100,21 @@ def test_spread_and_clip(space, rig):
     torch.testing.assert_close(q[0], torch.tensor(rig.joint_limits[:, 1], dtype=torch.float32))
 
 
+def test_step_limit_keeps_plans_in_the_training_motion_range(rig):
+    space = JointSpace.from_rig(rig, max_step=torch.full((23,), 0.1))
+    q0 = torch.tensor(rig.home, dtype=torch.float32)
+    plan = q0 + torch.tensor([0.5, -0.05, 0.3])[:, None].expand(3, 23)  # (H, J): jumps
+    q = space.limit(q0, plan[None])[0]
+    steps = torch.diff(torch.cat([q0[None], q]), dim=0)
+    assert steps.abs().max() <= 0.1 + 1e-6
+    torch.testing.assert_close(q[0], space.clip(q0 + 0.1))  # first step: one max_step up
+    lo, hi = space.bounds(q0, 3)
+    assert lo.shape == hi.shape == (3, 23)
+    torch.testing.assert_close(hi[2] - q0, torch.minimum(torch.full((23,), 0.3), space.upper - q0))
+    with pytest.raises(ValueError, match="both"):
+        MPCPolicy(max_step_arm=0.1)
+
+
 # ---- costs ------------------------------------------------------------------------------------
 
 
@@ -184,6 +199,19 @@ def test_other_planners_plan_on_the_rig(rig, wm, planner):
     policy = MPCPolicy(planner, costs, execute=2).use_model(wm)
     record, _ = run_episode(rig, policy, "grasp", 0, max_steps=2)
     assert record["steps"] == 2 and policy.stats["calls"] == 1
+
+
+def test_mpc_plans_respect_the_step_limit(rig, wm):
+    policy = MPCPolicy(
+        CEM(samples=16, elites=4, iterations=2), max_step_arm=0.05, max_step_hand=0.1
+    )
+    policy.use_model(wm)
+    obs = rig.reset("reach", 3)
+    policy.reset(rig, rig.goal_image("reach", 3), obs)
+    targets = policy.act(obs)
+    steps = np.diff(np.concatenate([obs["commanded"][None], policy.plan.numpy()]), axis=0)
+    assert np.abs(steps[:, :7]).max() <= 0.05 + 1e-6 and np.abs(steps[:, 7:]).max() <= 0.1 + 1e-6
+    np.testing.assert_allclose(targets, policy.plan[:1].numpy(), atol=1e-6)
     lo, hi = rig.joint_limits.T
     assert (policy.plan.numpy() >= lo - 1e-6).all() and (policy.plan.numpy() <= hi + 1e-6).all()
 

@@ -9,7 +9,7 @@ from dexwm.planning.base import Planner, PlanResult, shift_plan
 from dexwm.planning.cem import CEM, cem
 from dexwm.planning.costs import FeatureCost, KeypointCost, Objective, OrientationCost
 from dexwm.planning.gradient import Chain, GradientPlanner, gradient_plan
-from dexwm.planning.mpc import evaluate, run_episode
+from dexwm.planning.mpc import evaluate, load_policies, run_episode
 from dexwm.planning.mppi import MPPI, mppi
 from dexwm.planning.policy import MPCPolicy, Policy
 from dexwm.planning.rollout import ModelRollout
@@ -17,5 +17,5 @@ from dexwm.planning.rollout import ModelRollout
 __all__ = [
     "CEM", "MPPI", "Chain", "FeatureCost", "GradientPlanner", "JointSpace", "KeypointCost",
     "MPCPolicy", "ModelRollout", "Objective", "OrientationCost", "PlanResult", "Planner", "Policy",
-    "cem", "evaluate", "gradient_plan", "mppi", "run_episode", "shift_plan",
+    "cem", "evaluate", "load_policies", "gradient_plan", "mppi", "run_episode", "shift_plan",
 ]  # fmt: skip

@@ -77,8 +77,9 @@ class GoalBCConfig:
     feat_dim: int
     n_joints: int = 23
     chunk: int = 3  # future steps predicted per call
-    token_dim: int = 32  # per-token compression of the features
+    token_dim: int = 16  # per-token compression of the features
     hidden: int = 512
+    dropout: float = 0.2
     max_goal_steps: int = 20  # hindsight goals up to this many steps ahead
 
 
@@ -92,8 +93,8 @@ class GoalBC(nn.Module):
         N, D, J = cfg.num_tokens, cfg.feat_dim, cfg.n_joints
         self.reduce = nn.Linear(D, cfg.token_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(2 * N * cfg.token_dim + J, cfg.hidden), nn.GELU(),
-            nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
+            nn.Dropout(cfg.dropout), nn.Linear(2 * N * cfg.token_dim + J, cfg.hidden), nn.GELU(),
+            nn.Dropout(cfg.dropout), nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(),
             nn.Linear(cfg.hidden, cfg.chunk * J),
         )  # fmt: skip
         for name, dim in (("feat", D), ("joint", J), ("delta", cfg.chunk * J)):
@@ -154,11 +155,14 @@ def train_goal_bc(
     chunk: int = 3,
     max_goal_steps: int = 20,
     hidden: int = 512,
+    token_dim: int = 16,
+    dropout: float = 0.2,
     val_episodes: int = 20,
     seed: int = 0,
 ) -> dict:
-    """Train GoalBC on shards with cached features; saves {state_dict, config, encoder} to `out`
-    (torch.load(..., weights_only=True) reads it). Returns train / val losses."""
+    """Train GoalBC on shards with cached features; saves {state_dict, config, encoder} of the
+    step with the lowest validation loss (checked 20 times) to `out` (torch.load(...,
+    weights_only=True) reads it). Returns train / val losses."""
     from dexwm.shards import atomic_write_bytes
 
     eps = load_episodes(shards)
@@ -168,8 +172,8 @@ def train_goal_bc(
     torch.manual_seed(seed)
     val, train = eps[:val_episodes], eps[val_episodes:]
     N, D = train[0]["feats"].shape[1:]
-    cfg = GoalBCConfig(N, D, train[0]["joints"].shape[1], chunk, hidden=hidden,
-                       max_goal_steps=max_goal_steps)  # fmt: skip
+    cfg = GoalBCConfig(N, D, train[0]["joints"].shape[1], chunk, token_dim, hidden, dropout,
+                       max_goal_steps)  # fmt: skip
     net = GoalBC(cfg)
     feats = np.concatenate([e["feats"][::5] for e in train]).astype(np.float32)  # (M, N, D)
     joints = np.concatenate([e["joints"] for e in train])
@@ -185,23 +189,28 @@ def train_goal_bc(
         f, g, q, y = b
         return (net(f, g, q).flatten(1) - (y - net.delta_mean) / net.delta_std).square().mean()
 
-    history = []
+    history, best = [], (float("inf"), None)
     for step in range(steps):
+        net.train()
         loss = loss_of(_batch(train, rng, batch_size, cfg))
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if (step + 1) % max(1, steps // 10) == 0:
+        if (step + 1) % max(1, steps // 20) == 0 or step + 1 == steps:
+            net.eval()
             with torch.no_grad():
-                history.append({"step": step + 1, "train": float(loss), "val": float(loss_of(vb))})
+                v = float(loss_of(vb))
+            history.append({"step": step + 1, "train": loss.item(), "val": v})
+            if v < best[0]:
+                best = (v, {k: t.clone() for k, t in net.state_dict().items()})
     import io
 
     buf = io.BytesIO()
-    torch.save({"state_dict": net.state_dict(), "config": asdict(cfg),
-                "encoder": eps[0]["encoder"], "history": history}, buf)  # fmt: skip
+    torch.save({"state_dict": best[1], "config": asdict(cfg), "encoder": eps[0]["encoder"],
+                "history": history, "best_val": best[0]}, buf)  # fmt: skip
     atomic_write_bytes(out, buf.getvalue())
-    return {"episodes": len(eps), "history": history}
+    return {"episodes": len(eps), "best_val": best[0], "history": history}
 
 
 class BCPolicy(Policy):

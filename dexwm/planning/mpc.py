@@ -1,8 +1,9 @@
 """The evaluation harness: policies (MPC planners and baselines) on the rig's seeded episodes.
 
-    from dexwm.planning import evaluate, MPCPolicy, CEM
+    from dexwm.planning import evaluate, load_policies, MPCPolicy, CEM
     res = evaluate([MPCPolicy(CEM(samples=64, iterations=3))], tasks=["reach"], episodes=5,
                    checkpoint="runs/x/checkpoints/last.ckpt", out="runs/plan/eval")
+    res = evaluate(load_policies("configs/plan/default.yaml"), episodes=[0, 1], checkpoint=...)
     res["summary"]     # per policy and task: success under both threshold sets, distances, timing
 
 Each episode: reset the rig to (task, index), render the goal image, then ask the policy for
@@ -232,6 +233,20 @@ def evaluate(
         (out / "summary.json").write_text(json.dumps(result["summary"], indent=1))
         (out / "summary.md").write_text(summary_markdown(result["summary"]))
     return result
+
+
+def load_policies(config: str | Path) -> list[Policy]:
+    """The `policies:` of a plan config (configs/plan/*.yaml), instantiated, e.g. for
+    `evaluate(load_policies("configs/plan/default.yaml"), episodes=5, checkpoint=...)`."""
+    import yaml
+    from jsonargparse import ArgumentParser
+
+    spec = yaml.safe_load(Path(config).read_text()).get("policies")
+    if not spec:
+        raise ValueError(f"{config}: no 'policies:' list")
+    p = ArgumentParser()
+    p.add_argument("--policies", type=list[Policy])
+    return p.instantiate(p.parse_object({"policies": spec})).policies
 
 
 # ---- summaries --------------------------------------------------------------------------------

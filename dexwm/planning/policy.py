@@ -67,6 +67,8 @@ class MPCPolicy(Policy):
             the model's max_frames keeps the shared-context fast path).
         execute: targets executed per plan before replanning.
         std_arm, std_hand: initial search std (rad) of arm / hand joint targets.
+        max_step_arm, max_step_hand: largest change of a joint target per control step (rad), or
+            None: keeps plans within the motion range the model was trained on.
         warm_start: start from the previous plan shifted by `execute` (else from q_0 repeated).
         use: execute the planner's final "mean" or its "best" evaluated plan.
         prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
@@ -85,6 +87,8 @@ class MPCPolicy(Policy):
         execute: int = 1,
         std_arm: float = 0.3,
         std_hand: float = 0.1,
+        max_step_arm: float | None = None,
+        max_step_hand: float | None = None,
         warm_start: bool = True,
         use: str = "mean",
         prior: Policy | None = None,
@@ -102,6 +106,11 @@ class MPCPolicy(Policy):
             raise ValueError(f"execute must be in 1..horizon={horizon}, got {execute}")
         if std_arm < 0 or std_hand < 0:
             raise ValueError("std_arm and std_hand must be >= 0")
+        if (max_step_arm is None) != (max_step_hand is None):
+            raise ValueError("give both max_step_arm and max_step_hand, or neither")
+        if max_step_arm is not None and (max_step_arm <= 0 or max_step_hand <= 0):
+            raise ValueError("max_step_arm and max_step_hand must be > 0")
+        self.max_step = None if max_step_arm is None else (max_step_arm, max_step_hand)
         if use not in ("mean", "best"):
             raise ValueError(f"use must be 'mean' or 'best', got {use!r}")
         self.horizon, self.context, self.execute = horizon, context, execute
@@ -132,6 +141,8 @@ class MPCPolicy(Policy):
         self.rig = rig
         if getattr(self, "_space_rig", None) is not rig:
             self.space, self._space_rig = JointSpace.from_rig(rig), rig
+            if self.max_step is not None:
+                self.space.max_step = self.space.spread(*self.max_step)
         wm = self.wm
         goal_feats = wm.encode(torch.from_numpy(goal_image)[None])[0]  # (N, D)
         goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None, wm=wm)
@@ -175,11 +186,12 @@ class MPCPolicy(Policy):
             if self.prior_mean:  # search around the prior's plan; the warm start competes
                 mean, prior = prior, mean
             proposals = prior[None]  # (1, H, J)
+        lower, upper = self.space.bounds(q0, self.horizon)  # (H, J) each
         result = self.planner(
-            rollout, self.objective, mean, self.std, self.space.lower, self.space.upper,
-            proposals, self.generator,
-        )  # fmt: skip
-        self.plan = self.space.clip(result.mean if self.use == "mean" else result.best)  # (H, J)
+            rollout, self.objective, mean, self.std, lower, upper, proposals, self.generator
+        )
+        plan = result.mean if self.use == "mean" else result.best
+        self.plan = self.space.limit(q0, plan)  # (H, J): what the model was shown
         self.stats["calls"] += 1
         self.stats["evaluations"] += result.evaluations
         self.stats["iterations"] += result.iterations
