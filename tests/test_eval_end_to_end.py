@@ -163,6 +163,8 @@ def test_bad_input_fails_early_and_clearly(setup, tmp_path):
     ):
         run_eval(config(setup, tmp_path / "b", data=[DataSource([str(tmp_path / "other")])]))
     # PCK demanded, but the probe's training shards have no hand keypoints
+    gripper = [DataSource([str(setup / "gripper")])]
+    syn = [DataSource([str(setup / "test")], name="syn")]
     with pytest.raises(ValueError, match="PCK asked for.*no frames with visible hand keypoints"):
-        run_eval(config(setup, tmp_path / "c", pck=True, train_data=[DataSource([str(setup / "gripper")])]))  # fmt: skip
+        run_eval(config(setup, tmp_path / "c", pck=True, train_data=gripper, data=syn))
     assert not (tmp_path / "a" / "results.json").exists()

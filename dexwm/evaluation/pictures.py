@@ -56,7 +56,10 @@ def rollout_pictures(
         future = sorted({C + int(round(i)) for i in np.linspace(0, H - 1, min(H, 8))})
         cols = list(range(C)) + future
         fig, axes = plt.subplots(
-            len(rows), len(cols), figsize=(1.6 * len(cols), 1.7 * len(rows)), squeeze=False
+            len(rows),
+            len(cols),
+            squeeze=False,
+            figsize=(1.6 * len(cols), (1.6 * size[0] / size[1] + 0.25) * len(rows) + 0.4),
         )
         sx, sy = size[1] / input_size[1], size[0] / input_size[0]
         for r, (label, imgs) in enumerate(rows.items()):
@@ -80,7 +83,7 @@ def rollout_pictures(
                         ax.scatter(
                             uv[:, 0] * sx - 0.5, uv[:, 1] * sy - 0.5, s=6, c="red", marker="x"
                         )
-        fig.suptitle(f"{v['source']}: {v['key']}", fontsize=9)
+        fig.suptitle(f"{v['source']}: {v['key']} from frame {v['start']}", fontsize=9)
         fig.tight_layout()
         png = out / "strips" / f"{n:02d}_{_safe(v['key'])}.png"
         png.parent.mkdir(parents=True, exist_ok=True)

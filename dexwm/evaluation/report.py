@@ -68,6 +68,12 @@ def assemble(cfg, wm, ev, sources, notes, probe_info, decoder_info, thresholds, 
                 worse = [i + 1 for i, (a, b) in enumerate(zip(model["feat_mae"], methods[base]["feat_mae"])) if a >= b]  # fmt: skip
                 chk[f"model_beats_{base}_every_step"] = not worse
                 chk[f"steps_model_not_better_than_{base}"] = worse
+                d, se = methods[base].get("feat_mae_diff"), methods[base].get("feat_mae_diff_se")
+                if d and se:  # paired over clips: (baseline - model) / its standard error
+                    z = [a / b if b > 0 else None for a, b in zip(d, se)]
+                    chk[f"min_paired_z_vs_{base}"] = min(
+                        (x for x in z if x is not None), default=None
+                    )
         checks[g] = chk
         if (
             g.startswith("dataset:")
@@ -138,6 +144,10 @@ def _per_step_table(methods: dict, ratios: dict, get) -> list[str]:
     return lines
 
 
+def _fmt(v):
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
 def _mean(xs):
     xs = [x for x in (xs or []) if x is not None]
     return sum(xs) / len(xs) if xs else None
@@ -175,7 +185,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"## {g} ({gr['clips']} clips)", ""]
         steps = sorted({1, min(5, H), min(10, H), H})
         thr = list(methods["model"].get("pck", {}))
-        head = [f"MAE@{s}" for s in steps] + ["MAE mean", "MSE mean", "cos mean"]
+        head = [f"MAE@{s}" for s in steps] + ["MAE mean", "MSE mean", "cos mean", "raw MAE mean"]
         head += [f"PCK@{float(t):.2f}px mean" for t in thr]
         lines += ["| method | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
         for m, r in methods.items():
@@ -186,14 +196,15 @@ def markdown(res: dict) -> str:
                 row.append(
                     _cell(v and v[s - 1], rat.get("feat_mae", [None] * H)[s - 1] if rat else None)
                 )
-            for k in ("feat_mae", "feat_mse", "cosine"):
+            for k in ("feat_mae", "feat_mse", "cosine", "feat_mae_raw"):
                 mv, v = _mean(methods["model"].get(k)), _mean(r.get(k))
                 row.append(_cell(v, None if m == "model" or v is None or not mv else v / mv))
             for t in thr:
                 mv, v = _mean(methods["model"]["pck"][t]), _mean(r.get("pck", {}).get(t))
                 row.append(_cell(v, None if m == "model" or v is None or not mv else v / mv))
             lines.append(f"| {m} | " + " | ".join(row) + " |")
-        lines += ["", "Feature MAE (normalised) per step:", ""]
+        lines += ["", "(means over the horizon steps; raw = raw encoder feature space)", ""]
+        lines += ["Feature MAE (normalised) per step:", ""]
         lines += _per_step_table(methods, ratios, lambda r: r.get("feat_mae"))
         lines += ["", "Cosine similarity per step:", ""]
         lines += _per_step_table(methods, ratios, lambda r: r.get("cosine"))
@@ -201,7 +212,9 @@ def markdown(res: dict) -> str:
             lines += ["", f"PCK@{float(t):.2f} px per step:", ""]
             lines += _per_step_table(methods, ratios, lambda r, t=t: (r.get("pck") or {}).get(t))
         if res["checks"].get(g):
-            lines += ["", "Checks: " + ", ".join(f"{k} = {v}" for k, v in res["checks"][g].items())]
+            lines += ["", "Checks (min_paired_z: smallest over steps of the baseline's MAE minus the "
+                      "model's, paired over clips, in standard errors):", ""]  # fmt: skip
+            lines += [f"- {k} = {_fmt(v)}" for k, v in res["checks"][g].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +243,9 @@ def plot_errors(res: dict, path: Path) -> None:
                 y, se = np.array(r[k]), np.array(r[f"{k}_se"])
                 ax.plot(x, y, label=m, **_style(m))
                 ax.fill_between(x, y - se, y + se, alpha=0.15)
-            ax.set(title=f"{g}: {title}", xlabel=f"step ({res['protocol']['step_s']} s)")
+            ax.set(title=title, xlabel=f"step ({res['protocol']['step_s']} s)")
             ax.grid(alpha=0.3)
+        row[0].set_ylabel(g)
         row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -260,12 +274,10 @@ def plot_pck(res: dict, path: Path) -> bool:
                 if "pck" in r:
                     y = [np.nan if v is None else v for v in r["pck"][t]]
                     ax.plot(np.arange(1, len(y) + 1), y, label=m, **_style(m))
-            ax.set(
-                title=f"{g}: PCK@{float(t):.2f}px ({t_ref:g} at 224x392)",
-                ylim=(0, 1.02),
-                xlabel="step",
-            )
+            ax.set(title=f"PCK@{float(t):.2f} px ({t_ref:g} px at 224x392)", ylim=(0, 1.02))
+            ax.set_xlabel(f"step ({res['protocol']['step_s']} s)")
             ax.grid(alpha=0.3)
+        row[0].set_ylabel(g)
         row[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -234,11 +234,11 @@ class _Evaluator:
         for i, c in enumerate(clips):
             if frames[i] is None or len(self.vis) >= self.cfg.vis_clips:
                 continue
-            keep = {
-                k: v[i] for k, v in preds.items() if k in ("model", "shuffled_actions", "copy_last")
-            }
+            shown = ("model", "shuffled_actions", "copy_last")
+            keep = {k: preds[k][i] for k in shown if k in preds}
             self.vis.append({
                 "key": c["key"], "source": c["source"], "frames": frames[i], "context": self.C,
+                "start": int(c["indices"][0]),
                 "raw": b.raw[i], "pred_raw": {k: bl.to_raw(self.wm, v) for k, v in keep.items()},
                 "uv": None if kp is None else kp[0][i], "visible": None if kp is None else kp[1][i],
                 "pred_uv": None if pred_uv is None else pred_uv["model"][i],
