@@ -77,7 +77,10 @@ class WorldModel(nn.Module):
         info = ckpt.get("dexwm")
         if info is None:
             raise ValueError(f"{path}: not a dexwm checkpoint (no 'dexwm' entry)")
-        wm = cls(**info["world_model"])
+        args = dict(info["world_model"])
+        pred = dict(args["predictor"])
+        pred.setdefault("cond_dim", pred["dim"])  # checkpoints from before cond_dim existed
+        wm = cls(**dict(args, predictor=pred))
         sd = ckpt["state_dict"]
         sd = {k.removeprefix("wm."): v for k, v in sd.items() if k.startswith("wm.") or "." in k}
         wm.load_state_dict({k: v for k, v in sd.items() if not k.startswith("probe.")})
