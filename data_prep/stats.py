@@ -16,9 +16,10 @@ from dexwm.stats import compute_stats, save_stats
 
 
 def main(
-    shards: list[str], out: str, clip: ClipConfig = ClipConfig(), max_clips: int = 2000
-) -> dict:  # noqa: B008
+    shards: list[str], out: str, clip: ClipConfig | None = None, max_clips: int = 2000
+) -> dict:
     """One source per entry of `shards`; up to max_clips clips each, spread over all shards."""
+    clip = clip or ClipConfig()
     stats = compute_stats([DataSource([s]) for s in shards], clip, max_clips)
     save_stats(out, stats)
     return stats

@@ -50,6 +50,13 @@ def training_curves(metrics_csvs: list[str], png: Path) -> dict:
     return {k: {"step": s, "value": round(v, 5)} for k, (s, v) in last.items()}
 
 
+def _demote(md: str, levels: int = 2) -> str:
+    """Embed another Markdown page: its headings go `levels` deeper."""
+    return "\n".join(
+        "#" * levels + line if line.startswith("#") else line for line in md.splitlines()
+    )
+
+
 def _rel(path: str | Path, root: Path) -> str:
     return os.path.relpath(path, root)
 
@@ -117,7 +124,7 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
         lines += ["## Offline evaluation (held-out episodes, open-loop rollouts)", ""]
         md = folder / "results.md"
         if md.exists():
-            lines += [md.read_text().replace("](", f"]({_rel(folder, out)}/"), ""]
+            lines += [_demote(md.read_text().replace("](", f"]({_rel(folder, out)}/")), ""]
         for name in ("error_vs_horizon.png", "pck_vs_horizon.png"):
             if (folder / name).exists():
                 lines += [f"![{name}]({_rel(folder / name, out)})", ""]
@@ -130,7 +137,7 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
         lines += ["## Planning on the Allegro rig (MPC through the world model)", ""]
         md = folder / "summary.md"
         if md.exists():
-            lines += [md.read_text(), ""]
+            lines += [_demote(md.read_text()), ""]
         gifs = sorted(folder.rglob("*.gif"))[:6]
         if gifs:
             lines += (

@@ -135,3 +135,28 @@ def test_plan_py_cli_writes_results_and_config(tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--episodes", "[77]"], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "episodes must lie in 0..49" in bad.stderr
+
+
+@pytest.mark.slow
+def test_aggregation_round_collects_finetunes_and_replans(tmp_path, collected):
+    """One round end to end: evaluate, collect MPC episodes as shards, cache features, fine-tune
+    with train.py, evaluate the new model."""
+    from dexwm.planning import CEM, MPCPolicy
+    from dexwm.planning.aggregate import aggregate
+
+    _, folder = collected
+    ckpt = tmp_path / "wm.pt"
+    tiny_model().save(ckpt)
+    policy = MPCPolicy(CEM(samples=8, elites=2, iterations=1), execute=3, name="cem")
+    res = aggregate(str(ckpt), policy, [str(folder / "feats")], str(tmp_path / "agg"), rounds=1,
+                    tasks=["reach"], eval_episodes=[0], collect_episodes=[1], finetune_steps=3,
+                    max_steps=6, train_args=["--data.batch_size", "4", "--data.num_workers", "0"])  # fmt: skip
+    rounds = res["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["checkpoint"].endswith("last.ckpt")
+    assert rounds[0]["summary"]["reach"]["episodes"] == 1
+    assert (tmp_path / "agg/round0/shards/cem_collect_reach_01.tar").exists()
+    assert json.loads((tmp_path / "agg/rounds.json").read_text())[1]["round"] == 1
+    with pytest.raises(ValueError, match="overlap"):
+        aggregate(
+            str(ckpt), policy, [], str(tmp_path / "x"), eval_episodes=[1], collect_episodes=[1]
+        )

@@ -96,6 +96,7 @@ def aggregate(
     finetune_steps: int = 300,
     train_configs: list[str] = ("configs/model/tiny.yaml", "configs/train/tiny.yaml"),  # noqa: B006
     train_args: list[str] = (),  # noqa: B006
+    max_steps: int | None = None,
     workers: int = 1,
     threads: int = 1,
     video: bool = False,
@@ -111,10 +112,10 @@ def aggregate(
     overlap = set(eval_episodes) & set(collect_episodes)
     if overlap:
         raise ValueError(f"collect_episodes overlap the evaluation episodes: {sorted(overlap)}")
-    WorldModel.from_checkpoint(checkpoint)  # a clear error now, not after an hour of planning
-    out_dir = Path(out)
+    # a clear error now, not after an hour of planning
     enc = WorldModel.from_checkpoint(checkpoint).encoder_spec
-    common = dict(tasks=list(tasks), workers=workers, threads=threads)
+    out_dir = Path(out)
+    common = dict(tasks=list(tasks), workers=workers, threads=threads, max_steps=max_steps)
     sources = [{"paths": list(base_data), "weight": 1.0, "name": "base"}]
     history = []
     for r in range(rounds + 1):
