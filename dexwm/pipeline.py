@@ -73,17 +73,27 @@ class Stages:
 
 
 def stage_sim(cfg: DemoConfig, out: Path) -> dict:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     from data_prep.sim_episodes import main as sim_episodes
 
     result = {}
-    for emb in EMBODIMENTS:
-        for split, n, start in (("train", cfg.episodes[emb], 0), ("heldout", cfg.heldout, 100_000)):
-            folder = out / "shards" / split / emb
-            man = sim_episodes(
-                embodiment=emb, out=folder, episodes=n, frames=cfg.frames, size=cfg.size, seed=cfg.seed,
-                start=start, workers=cfg.workers, items_per_shard=8,
-            )  # fmt: skip
-            result[f"{split}/{emb}"] = {"folder": str(folder), **man["counts"]}
+    # Each job renders in a fresh process: OpenGL contexts of several robots (and later imports)
+    # never share one process, and the demo process itself never opens one.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+        for emb in EMBODIMENTS:
+            for split, n, start in (
+                ("train", cfg.episodes[emb], 0),
+                ("heldout", cfg.heldout, 100_000),
+            ):
+                folder = out / "shards" / split / emb
+                man = pool.submit(
+                    sim_episodes, embodiment=emb, out=folder, episodes=n, frames=cfg.frames,
+                    size=cfg.size, seed=cfg.seed, start=start, workers=cfg.workers, items_per_shard=8,
+                ).result()  # fmt: skip
+                result[f"{split}/{emb}"] = {"folder": str(folder), **man["counts"]}
     return result
 
 

@@ -164,6 +164,58 @@ def test_batched_rollout_equals_one_candidate_at_a_time(rig, space, wm):
     assert (batched[0] - batched[1]).abs().max() > 1e-4  # the plan changes the prediction
 
 
+def test_split_sizes_cover_every_candidate_once():
+    from dexwm.planning import split_sizes
+
+    assert split_sizes(512, 8) == [64] * 8  # DexWM: 512 samples over 8 GPUs
+    assert split_sizes(10, 4) == [3, 3, 2, 2]
+    assert split_sizes(3, 8) == [1, 1, 1]  # no empty slice
+    assert split_sizes(0, 2) == []
+    for n, k in [(7, 3), (65, 8), (1, 1)]:
+        sizes = split_sizes(n, k)
+        assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError):
+        split_sizes(4, 0)
+
+
+def test_candidates_spread_over_devices_match_one_device(rig, space, wm):
+    """Two replicas (both on the CPU here; on a GPU box, "cuda:0", "cuda:1"): each rolls out its
+    slice in its own thread; the gathered predictions equal the one-device rollout in order, and
+    gradients flow back through the split (the gradient planner)."""
+    from dexwm.planning import replicate
+
+    obs = rig.reset("reach", 3)
+    feats = wm.encode(torch.from_numpy(obs["image"])[None])
+    q0 = torch.tensor(obs["commanded"], dtype=torch.float32)
+    replicas = replicate(wm, ["cpu", "cpu"])
+    assert replicas[0] is wm and replicas[1] is not wm
+    one = ModelRollout(wm, space, feats, q0[None])
+    two = ModelRollout(wm, space, feats, q0[None], replicas)
+    used = []
+    for r in replicas:  # record which replica saw how many candidates
+        r.rollout = (lambda f: lambda *a: used.append(len(a[3])) or f(*a))(r.rollout)
+    plans = q0 + 0.1 * torch.randn(7, 3, 23, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = one(plans).feats, two(plans).feats
+    assert sorted(used[-2:]) == [3, 4] and used[0] == 7
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    x = plans.clone().requires_grad_(True)
+    two(x).feats.square().mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and torch.isfinite(x.grad).all()
+    for r in replicas:
+        del r.rollout  # back to the class method
+    # the same MPC plan with the candidates split over two devices
+    plans_out = []
+    for devices in (None, ["cpu", "cpu"]):
+        policy = MPCPolicy(CEM(samples=12, elites=3, iterations=2), horizon=3, devices=devices)
+        policy.use_model(wm)
+        policy.reset(rig, obs["image"], obs)
+        plans_out.append(policy.act(obs))
+    np.testing.assert_allclose(plans_out[1], plans_out[0], atol=1e-4)
+    with pytest.raises(ValueError, match="devices"):
+        MPCPolicy(devices=[])
+
+
 def test_mpc_runs_on_the_rig_and_warm_starts(rig, wm):
     policy = MPCPolicy(
         CEM(samples=16, elites=4, iterations=2), [FeatureCost(), KeypointCost(source="fk")],

@@ -12,10 +12,11 @@ from dexwm.planning.gradient import Chain, GradientPlanner, gradient_plan
 from dexwm.planning.mpc import evaluate, load_policies, run_episode
 from dexwm.planning.mppi import MPPI, mppi
 from dexwm.planning.policy import MPCPolicy, Policy
-from dexwm.planning.rollout import ModelRollout
+from dexwm.planning.rollout import ModelRollout, replicate, split_sizes
 
 __all__ = [
     "CEM", "MPPI", "Chain", "FeatureCost", "GradientPlanner", "JointSpace", "KeypointCost",
     "MPCPolicy", "ModelRollout", "Objective", "OrientationCost", "PlanResult", "Planner", "Policy",
-    "cem", "evaluate", "load_policies", "gradient_plan", "mppi", "run_episode", "shift_plan",
+    "cem", "evaluate", "load_policies", "gradient_plan", "mppi", "replicate", "run_episode",
+    "shift_plan", "split_sizes",
 ]  # fmt: skip

@@ -125,7 +125,9 @@ class KeypointCost(CostTerm):
         if self.source == "predicted":
             from dexwm.hand_head import soft_argmax  # (imports timm: only when used)
 
-            hm = goal.wm.heatmaps(pred.feats)[..., RIGHT_HAND_MAPS, :, :]  # (B, H, 6, h, w)
+            dev = goal.wm.feat_norm.mean.device
+            hm = goal.wm.heatmaps(pred.feats.to(dev)).to(pred.feats.device)
+            hm = hm[..., RIGHT_HAND_MAPS, :, :]  # (B, H, 6, h, w)
             uv = soft_argmax(hm, self.temperature) / goal.wm.hand_cfg.scale  # (B, H, 6, 2)
         else:
             pts = pred.keypoints[:, 1:, list(HEAD_POINTS)]  # (B, H, 6, 3)

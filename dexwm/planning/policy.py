@@ -15,7 +15,7 @@ from dexwm.planning.actions import JointSpace
 from dexwm.planning.base import Planner, shift_plan
 from dexwm.planning.cem import CEM
 from dexwm.planning.costs import CostTerm, FeatureCost, Goal, KeypointCost, Objective, hand_frame
-from dexwm.planning.rollout import ModelRollout, check_model
+from dexwm.planning.rollout import ModelRollout, check_model, replicate
 
 _MODELS: dict[str, object] = {}  # checkpoint path -> WorldModel, one per process
 
@@ -73,6 +73,8 @@ class MPCPolicy(Policy):
         use: execute the planner's final "mean" or its "best" evaluated plan.
         prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
         prior_mean: centre the search on the prior's plan (the warm start becomes a candidate).
+        devices: spread each call's candidates over these devices (e.g. ["cuda:0", "cuda:1"]),
+            one model replica each; None: everything on the model's own device.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -93,6 +95,7 @@ class MPCPolicy(Policy):
         use: str = "mean",
         prior: Policy | None = None,
         prior_mean: bool = False,
+        devices: list[str] | None = None,
         checkpoint: str | None = None,
         seed: int = 0,
         name: str = "mpc",
@@ -118,14 +121,19 @@ class MPCPolicy(Policy):
         if prior_mean and prior is None:
             raise ValueError("prior_mean needs a prior policy")
         self.prior, self.prior_mean = prior, prior_mean
+        if devices is not None and len(devices) == 0:
+            raise ValueError("devices must be None or name at least one device")
+        self.devices = [str(d) for d in devices] if devices else None
         self.checkpoint, self.seed, self.name = checkpoint, seed, name
         self.wm = None
+        self.replicas = None
 
     def setup(self, checkpoint: str | None) -> None:
         path = self.checkpoint or checkpoint
         if path is None:
             raise ValueError(f"{self.name}: no world-model checkpoint given")
         self.wm = load_model(str(path))
+        self.replicas = replicate(self.wm, self.devices) if self.devices else None
         if self.prior is not None:
             self.prior.setup(checkpoint)
 
@@ -133,6 +141,7 @@ class MPCPolicy(Policy):
         """Plan with an already loaded world model (tests, notebooks)."""
         check_model(wm)
         self.wm = wm.eval().requires_grad_(False)
+        self.replicas = replicate(self.wm, self.devices) if self.devices else None
         return self
 
     def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
@@ -144,12 +153,13 @@ class MPCPolicy(Policy):
             if self.max_step is not None:
                 self.space.max_step = self.space.spread(*self.max_step)
         wm = self.wm
-        goal_feats = wm.encode(torch.from_numpy(goal_image)[None])[0]  # (N, D)
+        goal_feats = self._encode(goal_image)  # (N, D) on the host, like the predictions
         goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None, wm=wm)
         size = goal_image.shape[:2]
         goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
         if any(isinstance(t, KeypointCost) for t in self.costs):
-            hm = wm.heatmaps(goal_feats[None])[0, 6:12]  # (6, h, w) right hand
+            dev = wm.feat_norm.mean.device
+            hm = wm.heatmaps(goal_feats[None].to(dev))[0, 6:12].cpu()  # (6, h, w) right hand
             from dexwm.hand_head import soft_argmax
 
             goal.uv = soft_argmax(hm) / wm.hand_cfg.scale  # (6, 2) encoder-input pixels
@@ -165,9 +175,13 @@ class MPCPolicy(Policy):
         if self.prior is not None:
             self.prior.reset(rig, goal_image, obs)
 
+    def _encode(self, image: np.ndarray) -> torch.Tensor:
+        dev = self.wm.feat_norm.mean.device
+        return self.wm.encode(torch.from_numpy(image)[None].to(dev))[0].cpu()
+
     @torch.no_grad()
     def act(self, obs: dict) -> np.ndarray:
-        feats = self.wm.encode(torch.from_numpy(obs["image"])[None])[0]  # (N, D)
+        feats = self._encode(obs["image"])  # (N, D)
         q0 = torch.as_tensor(obs["commanded"], dtype=torch.float32)
         self.history = (self.history + [(feats, q0)])[-self.context :]
         rollout = ModelRollout(
@@ -175,6 +189,7 @@ class MPCPolicy(Policy):
             self.space,
             torch.stack([f for f, _ in self.history]),
             torch.stack([q for _, q in self.history]),
+            self.replicas,
         )
         if self.warm_start and self.plan is not None:
             mean = shift_plan(self.plan, self.execute)

@@ -1,0 +1,41 @@
+"""The main job end to end (`demo.py --quick`): every stage runs, the report holds the measured
+numbers, and a second run reuses the finished stages."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_quick_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(out), "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = json.loads((out / "stages.json").read_text())
+    assert list(stages) == ["sim data", "features", "train", "evaluate", "plan"]
+    report = (out / "report.md").read_text()
+    for section in (
+        "Time per stage",
+        "Training",
+        "Offline evaluation",
+        "Planning",
+        "shuffled_actions",
+        "copy_last",
+    ):
+        assert section in report
+    assert (out / "report_files" / "training.png").exists()
+    res = json.loads((out / "eval" / "results.json").read_text())
+    assert res["checks"]  # model vs baselines per step
+    plan = json.loads((out / "plan" / "summary.json").read_text())
+    assert set(plan) == {"cem", "random", "oracle"}
+    assert list((out / "plan").rglob("*.gif"))
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("reused") == 5 and time.time() - t0 < 120
