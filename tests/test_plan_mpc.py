@@ -271,15 +271,21 @@ def test_mpc_plans_respect_the_step_limit(rig, wm):
 def test_evaluate_writes_records_summary_and_videos(tmp_path, wm):
     ckpt = tmp_path / "wm.pt"
     wm.save(ckpt)
-    policies = [MPCPolicy(CEM(samples=8, elites=2, iterations=1), name="cem-tiny")]
+    from dexwm.planning.baselines import HoldPolicy
+
+    policies = [MPCPolicy(CEM(samples=8, elites=2, iterations=1), name="cem-tiny"), HoldPolicy()]
     res = evaluate(policies, tasks=["reach", "place"], episodes=[0], checkpoint=str(ckpt),
                    out=tmp_path / "eval", max_steps=2)  # fmt: skip
     recs = [json.loads(x) for x in (tmp_path / "eval/episodes.jsonl").read_text().splitlines()]
-    assert len(recs) == 2 == len(res["episodes"])
+    assert len(recs) == 4 == len(res["episodes"])
     s = json.loads((tmp_path / "eval/summary.json").read_text())
     assert set(s["cem-tiny"]) == {"reach", "place", "all"} and s["cem-tiny"]["all"]["episodes"] == 2
     assert "| cem-tiny | reach | 1 |" in (tmp_path / "eval/summary.md").read_text()
     assert (tmp_path / "eval/videos/cem-tiny/place_00.gif").stat().st_size > 1000
+    assert (
+        s["hold"]["all"]["evaluations_per_step"] == 0 < s["cem-tiny"]["all"]["evaluations_per_step"]
+    )
+    assert (tmp_path / "eval/budget.png").stat().st_size > 1000  # success vs planning budget
 
 
 # ---- bad input --------------------------------------------------------------------------------

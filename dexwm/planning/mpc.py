@@ -232,7 +232,50 @@ def evaluate(
     if out is not None:
         (out / "summary.json").write_text(json.dumps(result["summary"], indent=1))
         (out / "summary.md").write_text(summary_markdown(result["summary"]))
+        if len({s["all"]["evaluations_per_step"] for s in result["summary"].values()}) > 1:
+            plot_budget(result["summary"], out / "budget.png")
     return result
+
+
+def plot_budget(summary: dict, png: Path) -> None:
+    """Success (both threshold sets) against planning budget: model rollouts per control step of
+    every policy that plans (policies with 0 rollouts, the baselines, are drawn as lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in ("reach", "grasp", "place", "all") if any(t in s for s in summary.values())]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        rows = sorted(
+            (s[task]["evaluations_per_step"], name, s[task])
+            for name, s in summary.items()
+            if task in s
+        )
+        planners = [(b, n, s) for b, n, s in rows if b > 0]
+        for key, style in (("success_dexwm", "o-"), ("success_strict", "s--")):
+            if planners:
+                ax.plot([b for b, _, _ in planners], [s[key] for _, _, s in planners], style,
+                        label=key.split("_")[1])  # fmt: skip
+        for _, name, s in rows:
+            if _ == 0:
+                ax.axhline(s["success_dexwm"], color="grey", lw=0.8, ls=":")
+                ax.annotate(name, (0.02, s["success_dexwm"]), xycoords=("axes fraction", "data"),
+                            fontsize=7, color="grey")  # fmt: skip
+        for b, name, s in planners:
+            ax.annotate(name, (b, s["success_dexwm"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        if planners:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set(title=task, xlabel="model rollouts per control step", ylim=(-0.05, 1.05))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("success rate")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 def load_policies(config: str | Path) -> list[Policy]:
