@@ -36,7 +36,7 @@ class DemoConfig:
     plan_episodes: int = 3  # per task
     plan_samples: int = 64
     plan_iterations: int = 3
-    plan_max_steps: int = 40  # control steps per episode
+    plan_max_steps: int | None = None  # control steps per episode (None: the task's budget)
     workers: int = 2
     seed: int = 0
     quick: bool = False
@@ -158,9 +158,11 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
     from dexwm.planning.baselines import OraclePolicy, RandomPolicy
     from dexwm.planning.mpc import evaluate
 
-    policies = [
-        MPCPolicy(name="cem", planner=CEM(samples=cfg.plan_samples, elites=max(2, cfg.plan_samples // 8),
-                                          iterations=cfg.plan_iterations)),
+    planner = CEM(samples=cfg.plan_samples, elites=max(2, cfg.plan_samples // 8),
+                  iterations=cfg.plan_iterations)  # fmt: skip
+    policies = [  # the search settings of configs/plan/default.yaml
+        MPCPolicy(planner, name="cem", horizon=3, execute=2, std_arm=0.08, std_hand=0.1,
+                  max_step_arm=0.15, max_step_hand=0.3),  # fmt: skip
         RandomPolicy(),
         OraclePolicy(),
     ]  # fmt: skip

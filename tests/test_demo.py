@@ -18,7 +18,7 @@ def test_demo_quick_end_to_end_and_resumes(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     stages = json.loads((out / "stages.json").read_text())
-    assert list(stages) == ["sim data", "features", "train", "evaluate", "plan"]
+    assert set(stages) == {"sim data", "features", "train", "evaluate", "plan"}
     report = (out / "report.md").read_text()
     for section in (
         "Time per stage",
