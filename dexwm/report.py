@@ -138,11 +138,14 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
         md = folder / "summary.md"
         if md.exists():
             lines += [_demote(md.read_text()), ""]
-        gifs = sorted(folder.rglob("*.gif"))[:6]
-        if gifs:
+        # the first episode of every task, for each policy that made videos
+        first: dict[tuple[str, str], Path] = {}
+        for g in sorted(folder.rglob("*.gif")):
+            first.setdefault((g.parent.name, g.stem.rsplit("_", 1)[0]), g)
+        if first:
             lines += (
                 ["Episodes (camera | goal):", ""]
-                + [f"![{g.stem}]({_rel(g, out)})" for g in gifs]
+                + [f"![{p} {t}]({_rel(g, out)})" for (p, t), g in first.items()]
                 + [""]
             )
     lines += ["## Settings", "", "```json", json.dumps(asdict(cfg), indent=1), "```", ""]
