@@ -137,7 +137,6 @@ def test_plan_py_cli_writes_results_and_config(tmp_path):
     assert bad.returncode != 0 and "episodes must lie in 0..49" in bad.stderr
 
 
-@pytest.mark.slow
 def test_aggregation_round_collects_finetunes_and_replans(tmp_path, collected):
     """One round end to end: evaluate, collect MPC episodes as shards, cache features, fine-tune
     with train.py, evaluate the new model."""

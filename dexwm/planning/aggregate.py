@@ -118,6 +118,9 @@ def aggregate(
     common = dict(tasks=list(tasks), workers=workers, threads=threads, max_steps=max_steps)
     sources = [{"paths": list(base_data), "weight": 1.0, "name": "base"}]
     history = []
+    # the collector is a copy of the policy as configured: once an evaluation ran in this process
+    # the policy holds the rig and its renderer, which cannot be copied
+    template = copy.deepcopy(policy)
     for r in range(rounds + 1):
         rd = out_dir / f"round{r}"
         ev = evaluate([policy], episodes=list(eval_episodes), checkpoint=checkpoint,
@@ -127,7 +130,7 @@ def aggregate(
         (out_dir / "rounds.json").write_text(json.dumps(history, indent=1))
         if r == rounds:
             break
-        collector = copy.deepcopy(policy)
+        collector = copy.deepcopy(template)
         collector.name = f"{policy.name}_collect"
         evaluate([collector], episodes=list(collect_episodes), checkpoint=checkpoint,
                  out=rd / "collect", video=False, stop_on_success=False,
