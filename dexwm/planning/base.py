@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,6 +47,10 @@ class Planner:
     def check(self) -> None:  # pragma: no cover - overridden
         pass
 
+    # the planner's pure function f(rollout, cost, mean, std, cfg, lower, upper, proposals,
+    # generator), set below each planner's class (e.g. `CEM.function = staticmethod(cem)`)
+    function: ClassVar[Callable[..., PlanResult]]
+
     def __call__(
         self,
         rollout: Rollout,
@@ -58,7 +62,7 @@ class Planner:
         proposals: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> PlanResult:
-        raise NotImplementedError
+        return self.function(rollout, cost, mean, std, self, lower, upper, proposals, generator)
 
     @property
     def budget(self) -> int:

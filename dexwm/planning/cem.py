@@ -58,19 +58,6 @@ class CEM(Planner):
     def samples_per_iteration(self) -> int:
         return self.samples
 
-    def __call__(
-        self,
-        rollout: Rollout,
-        cost: Cost,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        lower: torch.Tensor | None = None,
-        upper: torch.Tensor | None = None,
-        proposals: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> PlanResult:
-        return cem(rollout, cost, mean, std, self, lower, upper, proposals, generator)
-
 
 def cem(
     rollout: Rollout,
@@ -124,3 +111,6 @@ def cem(
             break
     mean = clamp(mean, lower, upper).detach()
     return PlanResult(mean, std.detach(), best.detach(), best_cost, history, it, evaluations)
+
+
+CEM.function = staticmethod(cem)

@@ -48,19 +48,6 @@ class GradientPlanner(Planner):
     def samples_per_iteration(self) -> int:
         return self.restarts
 
-    def __call__(
-        self,
-        rollout: Rollout,
-        cost: Cost,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        lower: torch.Tensor | None = None,
-        upper: torch.Tensor | None = None,
-        proposals: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> PlanResult:
-        return gradient_plan(rollout, cost, mean, std, self, lower, upper, proposals, generator)
-
 
 def gradient_plan(
     rollout: Rollout,
@@ -113,6 +100,9 @@ def gradient_plan(
     return PlanResult(
         best, torch.zeros_like(best), best, best_cost, history, cfg.iterations, evaluations
     )
+
+
+GradientPlanner.function = staticmethod(gradient_plan)
 
 
 @dataclass

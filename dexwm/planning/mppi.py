@@ -56,19 +56,6 @@ class MPPI(Planner):
     def samples_per_iteration(self) -> int:
         return self.samples
 
-    def __call__(
-        self,
-        rollout: Rollout,
-        cost: Cost,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        lower: torch.Tensor | None = None,
-        upper: torch.Tensor | None = None,
-        proposals: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> PlanResult:
-        return mppi(rollout, cost, mean, std, self, lower, upper, proposals, generator)
-
 
 def smooth_noise(eps: torch.Tensor, beta: float) -> torch.Tensor:
     """eps (B, H, A) iid -> temporally filtered noise along H with unit marginal variance."""
@@ -130,3 +117,6 @@ def mppi(
         std = torch.maximum(std, floor)
     mean = clamp(mean, lower, upper).detach()
     return PlanResult(mean, std.detach(), best.detach(), best_cost, history, it, evaluations)
+
+
+MPPI.function = staticmethod(mppi)
