@@ -13,3 +13,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def rig():
+    """The Allegro-on-Panda rig at 128 px (MUJOCO_GL is set by the test modules that use it)."""
+    from dexwm.sim.rig import Rig
+
+    r = Rig("allegro", size=128)
+    yield r
+    r.close()

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +34,8 @@ def test_demo_quick_end_to_end_and_resumes(tmp_path):
     plan = json.loads((out / "plan" / "summary.json").read_text())
     assert set(plan) == {"cem", "random", "oracle"}
     assert list((out / "plan").rglob("*.gif"))
-    t0 = time.time()
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count("reused") == 5 and time.time() - t0 < 120
+    # nothing recomputed: every stage reported as reused, its record untouched
+    assert r.stdout.count("reused") == 5
+    assert json.loads((out / "stages.json").read_text()) == stages

@@ -25,16 +25,8 @@ from dexwm.planning.baselines import (  # noqa: E402
     train_goal_bc,
 )
 from dexwm.schema import validate_sample  # noqa: E402
-from dexwm.sim.rig import Rig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def rig():
-    r = Rig("allegro", size=128)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,8 @@ from dexwm.planning import (  # noqa: E402
     run_episode,
 )
 from dexwm.planning.costs import Goal, Objective, Prediction, hand_frame, step_weights  # noqa: E402
-from dexwm.sim.rig import Rig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def rig():
-    r = Rig("allegro", size=128)
-    yield r
-    r.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ from dexwm.sim.rig import Rig  # noqa: E402
 from dexwm.sim.scene import OBJECT_NAMES, build_model  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def rig():
-    r = Rig("allegro", size=128)
-    yield r
-    r.close()
-
-
 def test_model_files_found_offline():
     for name in ("panda", "panda_nohand", "allegro_right", "shadow_right"):
         assert model_file(name).is_file()

@@ -16,13 +16,6 @@ from dexwm.sim.rig import Rig  # noqa: E402
 from dexwm.sim.tasks import HOLD_STEPS, N_EPISODES, TASKS, make_episode  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def rig():
-    r = Rig("allegro", size=128)
-    yield r
-    r.close()
-
-
 def test_bad_task_and_episode_are_clear_errors(rig):
     with pytest.raises(ValueError, match="unknown task 'push'"):
         rig.reset("push", 0)
