@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from dexwm.pipeline import DemoConfig, run_demo
+    from demo_stages import DemoConfig, run_demo
 
     cfg = DemoConfig.small() if args.quick else DemoConfig()
     if args.out:

@@ -25,9 +25,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering on a machine wi
 
 from jsonargparse import ArgumentParser, Namespace  # noqa: E402
 
-from dexwm.planning.aggregate import aggregate  # noqa: E402
-from dexwm.planning.baselines import train_goal_bc  # noqa: E402
-from dexwm.planning.mpc import evaluate  # noqa: E402
+from dexwm.control.aggregate import aggregate  # noqa: E402
+from dexwm.control.bc import train_goal_bc  # noqa: E402
+from dexwm.control.episodes import evaluate  # noqa: E402
 
 COMMANDS = {"eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate}
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
     result = COMMANDS[name](**kwargs)
     if name == "eval":
-        from dexwm.planning.mpc import summary_markdown
+        from dexwm.control.episodes import summary_markdown
 
         print(summary_markdown(result["summary"]))
     else:

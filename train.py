@@ -10,7 +10,7 @@ Usage:
 The resolved config is written beside the checkpoints (config.yaml) and into each checkpoint.
 """
 
-from dexwm.cli import WorldModelCLI
+from dexwm.training.cli import WorldModelCLI
 
 
 def main() -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.shards import atomic_write_json, run_shard_job
-from dexwm.video import decode_video, encode_mp4
+from dexwm.data.shards import run_shard_job
+from dexwm.data.video import decode_video, encode_mp4
+from dexwm.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEO = REPO.parent / "shared/data/human_video/dex_retargeting_hand/human_hand_video.mp4"
@@ -43,7 +44,7 @@ def bench_video(frames: int, workdir: Path) -> tuple[Path, str]:
 
 
 def _decode_and_detect(video: Path, n: int, hw: tuple[int, int], fps: float) -> dict:
-    from dexwm.hands import HandDetector
+    from dexwm.prep.hands import HandDetector
 
     t0 = time.perf_counter()
     x = decode_video(video, np.arange(n), hw)  # (n, h, w, 3)
@@ -71,7 +72,7 @@ def bench_hand_extraction(
     side), and of the full per-input preparation (data_prep.human_video.process_video: every
     frame, default detection size, PnP, 224x392 H.264 output, start-up included)."""
     from data_prep.human_video import HumanVideoConfig, detection_size, process_video
-    from dexwm.video_inputs import open_clip
+    from dexwm.prep.video_inputs import open_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         video, what = bench_video(frames, Path(tmp))
@@ -94,7 +95,7 @@ def bench_hand_extraction(
 
 
 def _toy_sample(i: int, T: int = 64, size: tuple[int, int] = (224, 392)) -> dict:
-    from dexwm.schema import make_meta, sample_key
+    from dexwm.data.schema import make_meta, sample_key
 
     rng = np.random.default_rng(i)
     return {
@@ -147,7 +148,7 @@ def bench_shard_writing(samples: int = 24, items_per_shard: int = 8) -> dict:
 
 
 def bench_mp4_encoding(frames: int = 128, size: tuple[int, int] = (224, 392)) -> dict:
-    """frames/s of H.264 encoding (dexwm.video.encode_mp4, crf 18) of stored frames."""
+    """frames/s of H.264 encoding (dexwm.data.video.encode_mp4, crf 18) of stored frames."""
     x = np.random.default_rng(0).integers(0, 255, (frames, *size, 3), dtype=np.uint8)
     x[:] = x[:1]  # a static frame: closer to real footage than per-frame noise
     t0 = time.perf_counter()
@@ -161,7 +162,7 @@ def bench_mp4_encoding(frames: int = 128, size: tuple[int, int] = (224, 392)) ->
 
 def _loader_sample(i: int, T: int, hw: tuple[int, int], tokens: int, dim: int, fmt: str) -> dict:
     """A clip with smooth moving content (H.264-friendly), keypoints, and random cached features."""
-    from dexwm.synthetic import make_episode
+    from dexwm.data.synthetic import make_episode
 
     base = make_episode(i, T=T, size=max(hw), fmt="npy")
     frames = base.pop("frames.npy")[:, : hw[0], : hw[1]]
@@ -183,8 +184,8 @@ def bench_loader(clips: int = 200, samples: int = 16) -> dict:
     """Loader clips/s (webdataset read, decode, validation, clip sampling, actions, batching) for
     raw-frame (H.264) and cached-feature shards, at the tiny clip size (4 frames of 128x128, 16x320
     features) and DexWM's (9 frames of 224x392, 448x1024 features), with 1 and 2 workers."""
-    from dexwm.clips import ClipConfig
-    from dexwm.loader import DataSource, make_loader
+    from dexwm.data.clips import ClipConfig
+    from dexwm.data.loader import DataSource, make_loader
 
     sizes = {
         "tiny": dict(frames=4, hw=(128, 128), tokens=16, dim=320),

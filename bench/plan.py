@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_model(preset: str):
-    from dexwm.world_model import WorldModel
+    from dexwm.models.world_model import WorldModel
 
     cfg = yaml.safe_load((ROOT / f"configs/model/{preset}.yaml").read_text())["model"]
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def default_policy_args() -> dict:
 def make_policy(spec: dict, chunk: int = 0):
     from jsonargparse import ArgumentParser
 
-    from dexwm.planning import Policy
+    from dexwm.control import Policy
 
     p = ArgumentParser()
     p.add_argument("--policy", type=Policy)
@@ -102,7 +102,7 @@ def time_control_steps(policy, rig, obs, reps: int, max_iterations: int | None) 
 
 
 def bench_preset(preset: str, rig, threads: int, reps: int, peak: float) -> dict:
-    from dexwm.planning import ModelRollout
+    from dexwm.control import ModelRollout
 
     wm = build_model(preset)
     big = preset != "tiny"

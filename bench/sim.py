@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dexwm.shards import atomic_write_json  # noqa: E402
+from dexwm.io import atomic_write_json  # noqa: E402
 from dexwm.sim.explore import Explorer  # noqa: E402
 from dexwm.sim.kinematics import KeypointFK, single_thread  # noqa: E402
 from dexwm.sim.rig import Rig  # noqa: E402

@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from dexwm.shards import atomic_write_json  # noqa: E402
+from dexwm.io import atomic_write_json  # noqa: E402
 from dexwm.sim.oracle import run_oracle  # noqa: E402
 from dexwm.sim.rig import Rig  # noqa: E402
 from dexwm.sim.tasks import MAX_STEPS, N_EPISODES, TASKS  # noqa: E402

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dexwm.clips import ClipConfig
-from dexwm.feature_cache import cache_features
-from dexwm.loader import DataSource, make_loader
-from dexwm.shards import atomic_write_json
-from dexwm.stats import compute_stats
-from dexwm.synthetic import write_synthetic
-from dexwm.training import WorldModelModule
+from dexwm.data.clips import ClipConfig
+from dexwm.data.feature_cache import cache_features
+from dexwm.data.loader import DataSource, make_loader
+from dexwm.data.stats import compute_stats
+from dexwm.data.synthetic import write_synthetic
+from dexwm.io import atomic_write_json
+from dexwm.models.encoders import FrozenEncoder
+from dexwm.training.module import WorldModelModule
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -104,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw, feats = Path(tmp) / "raw", Path(tmp) / "feats"
         write_synthetic(raw, episodes=32, T=20, size=max(spec.input_size), items_per_shard=8)
-        cache_features(str(raw), feats, spec.to_dict(), progress=False)
+        cache_features(str(raw), feats, spec.to_dict(), FrozenEncoder, progress=False)
         results: dict = {
             "preset": args.preset,
             "batch": args.batch,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 
-from dexwm.encoders import EncoderSpec
-from dexwm.feature_cache import cache_features
+from dexwm.data.feature_cache import cache_features
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder
 
 
 def main(
@@ -27,7 +27,9 @@ def main(
     overwrite: bool = False,
 ) -> dict:
     """Encode every sample of `shards` into `out` (see module docstring)."""
-    return cache_features(shards, out, encoder, drop_frames, workers, overwrite)
+    return cache_features(
+        shards, out, encoder.to_dict(), FrozenEncoder, drop_frames, workers, overwrite
+    )
 
 
 if __name__ == "__main__":

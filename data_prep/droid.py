@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.human_video import cli_args, record_notes
-from dexwm.droid import (
+from dexwm.data.schema import make_meta, sample_key
+from dexwm.data.shards import Skip, run_shard_job
+from dexwm.data.video import VideoDecodeError, decode_video, encode_mp4
+from dexwm.prep.droid import (
     WRIST_CAMERA,
     droid_intrinsics,
     gripper_hand_keypoints,
     list_episodes,
     read_episode,
 )
-from dexwm.hand_fit import cover_crop, resample_indices, resize_crop, transform_intrinsics
-from dexwm.schema import make_meta, sample_key
-from dexwm.shards import Skip, run_shard_job
-from dexwm.video import VideoDecodeError, decode_video, encode_mp4
+from dexwm.prep.hand_fit import cover_crop, resample_indices, resize_crop, transform_intrinsics
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.hand_fit import (
+from dexwm.data.schema import make_meta, sample_key
+from dexwm.data.shards import Skip, run_shard_job
+from dexwm.data.video import VideoDecodeError, encode_mp4
+from dexwm.io import atomic_write_json
+from dexwm.prep.hand_fit import (
     cover_crop,
     fit_track,
     intrinsics_from_fov,
@@ -35,11 +39,8 @@ from dexwm.hand_fit import (
     transform_intrinsics,
     transform_uv,
 )
-from dexwm.hands import HandTrack, cached_detector
-from dexwm.schema import make_meta, sample_key
-from dexwm.shards import Skip, atomic_write_json, run_shard_job
-from dexwm.video import VideoDecodeError, encode_mp4
-from dexwm.video_inputs import list_inputs, open_clip
+from dexwm.prep.hands import HandTrack, cached_detector
+from dexwm.prep.video_inputs import list_inputs, open_clip
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class DetectedClip:
 
     chunks: source frame indices per segment; videos: the stored frames per segment (mp4 bytes or
     uint8 arrays); track: detections over all segments at detection size, whose intrinsics are
-    K_det; geom: detection size -> stored size (see dexwm.hand_fit.cover_crop)."""
+    K_det; geom: detection size -> stored size (see dexwm.prep.hand_fit.cover_crop)."""
 
     path: str
     fps: float

@@ -26,7 +26,7 @@ import json  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from dexwm.shards import run_shard_job  # noqa: E402
+from dexwm.data.shards import run_shard_job  # noqa: E402
 
 EMBODIMENTS = ("allegro", "shadow", "panda_gripper")
 _MODELS = {

@@ -10,9 +10,9 @@ lets several runs (or all DDP ranks) share exactly the same normalisation.
 
 from __future__ import annotations
 
-from dexwm.clips import ClipConfig
-from dexwm.loader import DataSource
-from dexwm.stats import compute_stats, save_stats
+from dexwm.data.clips import ClipConfig
+from dexwm.data.loader import DataSource
+from dexwm.data.stats import compute_stats, save_stats
 
 
 def main(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder
+
 _CACHE: dict[str, Path] = {}
 
 
 def synthetic_shards(tmp_path_factory, episodes: int = 12, T: int = 12, fmt: str = "mp4") -> Path:
-    from dexwm.synthetic import write_synthetic
+    from dexwm.data.synthetic import write_synthetic
 
     key = f"raw-{episodes}-{T}-{fmt}"
     if key not in _CACHE:
@@ -19,12 +21,12 @@ def synthetic_shards(tmp_path_factory, episodes: int = 12, T: int = 12, fmt: str
 
 
 def synthetic_feats(tmp_path_factory, episodes: int = 12, T: int = 12) -> Path:
-    from dexwm.feature_cache import cache_features
+    from dexwm.data.feature_cache import cache_features
 
     key = f"feats-{episodes}-{T}"
     if key not in _CACHE:
         raw = synthetic_shards(tmp_path_factory, episodes, T)
         out = tmp_path_factory.mktemp(key)
-        cache_features(str(raw), out, progress=False)
+        cache_features(str(raw), out, EncoderSpec().to_dict(), FrozenEncoder, progress=False)
         _CACHE[key] = out
     return _CACHE[key]

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_model(seed: int = 0, perturb: bool = True):
     """The tiny preset's world model; with `perturb`, random non-zero predictor weights (the
     zero-initialised output layers would make every plan predict the same features)."""
-    from dexwm.world_model import WorldModel
+    from dexwm.models.world_model import WorldModel
 
     cfg = yaml.safe_load((ROOT / "configs/model/tiny.yaml").read_text())["model"]
     torch.manual_seed(seed)

@@ -13,11 +13,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from dexwm.clips import ClipConfig
-from dexwm.datamodule import ShardDataModule
-from dexwm.loader import DataSource
-from dexwm.predictor import PredictorConfig
-from dexwm.training import OptimConfig, WorldModelModule
+from dexwm.data.clips import ClipConfig
+from dexwm.data.datamodule import ShardDataModule
+from dexwm.data.loader import DataSource
+from dexwm.models.predictor import PredictorConfig
+from dexwm.training.module import OptimConfig, WorldModelModule
 
 
 def weights_hash(module) -> str:

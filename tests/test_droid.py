@@ -10,7 +10,9 @@ import pytest
 import webdataset as wds
 
 from data_prep.droid import main
-from dexwm.droid import gripper_hand_keypoints, read_episode
+from dexwm.data.schema import validate_sample
+from dexwm.data.shards import shard_paths
+from dexwm.data.video import decode_video, encode_mp4
 from dexwm.embodiment import (
     CLOSED_RADII,
     OPEN_RADII,
@@ -18,9 +20,8 @@ from dexwm.embodiment import (
     matrix_to_euler_xyz,
     project,
 )
-from dexwm.schema import LEFT, RIGHT, validate_sample
-from dexwm.shards import shard_paths
-from dexwm.video import decode_video, encode_mp4
+from dexwm.keypoints import LEFT, RIGHT
+from dexwm.prep.droid import gripper_hand_keypoints, read_episode
 
 
 def read_samples(folder: Path) -> dict[str, dict]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dexwm.encoders import (
+from dexwm.models.encoders import (
     PACKAGED_WEIGHTS,
     EncoderError,
     FrozenEncoder,

@@ -13,19 +13,21 @@ import pytest
 import torch
 import webdataset as wds
 
-from dexwm.clips import ClipConfig
-from dexwm.datamodule import ShardDataModule
-from dexwm.encoders import EncoderSpec
+from dexwm.data.clips import ClipConfig
+from dexwm.data.datamodule import ShardDataModule
+from dexwm.data.feature_cache import cache_features
+from dexwm.data.loader import DataSource
+from dexwm.data.synthetic import make_episode, write_synthetic
 from dexwm.evaluation import EvalConfig, run_eval
 from dexwm.evaluation.pixel_decoder import DecoderConfig
 from dexwm.evaluation.probe import ProbeConfig
-from dexwm.feature_cache import cache_features
-from dexwm.hand_head import HandHeadConfig
-from dexwm.loader import DataSource
-from dexwm.predictor import PredictorConfig
-from dexwm.synthetic import make_episode, write_synthetic
-from dexwm.training import WorldModelModule
-from dexwm.world_model import WorldModel
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder
+from dexwm.models.hand_head import HandHeadConfig
+from dexwm.models.predictor import PredictorConfig
+from dexwm.models.world_model import WorldModel
+from dexwm.training.module import WorldModelModule
+
+SPEC = EncoderSpec().to_dict()
 
 ROOT = Path(__file__).resolve().parents[1]
 C, H = 3, 3  # context = the tiny model's window; test episodes have exactly C + H frames
@@ -43,7 +45,7 @@ def setup(tmp_path_factory):
             s["__key__"] = s["__key__"].replace("synthetic", "gripper")
             w.write(s)
     for src, dst in (("raw_train", "train"), ("raw_test", "test"), ("gripper.tar", "gripper")):
-        cache_features(str(root / src), root / dst, progress=False)
+        cache_features(str(root / src), root / dst, SPEC, FrozenEncoder, progress=False)
     L.seed_everything(0)
     module = WorldModelModule(
         predictor=PredictorConfig(dim=32, depth=1, heads=2, max_frames=C),
@@ -82,7 +84,7 @@ def _test_clips(root, wm):
         feats.append(torch.from_numpy(s["feats.npy"]).float())
         hands.append(torch.from_numpy(s["hands.npy"]))
         valid.append(torch.from_numpy(s["hands_valid.npy"]))
-    from dexwm.actions import keypoint_actions
+    from dexwm.data.actions import keypoint_actions
 
     actions = keypoint_actions(torch.stack(hands), torch.stack(valid))
     return wm.normalize_feats(torch.stack(feats)), actions, torch.full(actions.shape[:2], 0.1)
@@ -156,7 +158,7 @@ def test_bad_input_fails_early_and_clearly(setup, tmp_path):
     with pytest.raises(ValueError, match=r"no clip: context 3 \+ horizon 9 .* longest .* 6 frames"):
         run_eval(config(setup, tmp_path / "a", horizon=9))
     # the same episodes cached with other encoder weights
-    cache_features(str(setup / "raw_test"), tmp_path / "other", encoder=EncoderSpec(weights="random"), progress=False)  # fmt: skip
+    cache_features(str(setup / "raw_test"), tmp_path / "other", EncoderSpec(weights="random").to_dict(), FrozenEncoder, progress=False)  # fmt: skip
     with pytest.raises(
         ValueError,
         match=r"cached features come from encoder .*\(weights \w+\), the checkpoint was trained on .*\(weights \w+\)",

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dexwm.actions import ACTION_DIM, HAND_DIMS
+from dexwm.data.actions import ACTION_DIM, HAND_DIMS
 from dexwm.evaluation import baselines as bl
 from dexwm.evaluation.data import check_encoder, crop_frames, keypoints_in_input
 from dexwm.evaluation.metrics import (
@@ -16,7 +16,7 @@ from dexwm.evaluation.metrics import (
     scaled_thresholds,
 )
 from dexwm.evaluation.probe import probe_loss, refined_argmax
-from dexwm.hand_head import render_heatmaps
+from dexwm.models.hand_head import render_heatmaps
 
 
 def test_feature_errors_known_values():

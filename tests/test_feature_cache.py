@@ -12,17 +12,17 @@ import torch
 import webdataset as wds
 from _data import synthetic_shards
 
-from dexwm.encoders import FrozenEncoder
-from dexwm.feature_cache import cache_features
-from dexwm.shards import read_manifest, shard_paths
-from dexwm.video import decode_video
+from dexwm.data.feature_cache import cache_features
+from dexwm.data.shards import read_manifest, shard_paths
+from dexwm.data.video import decode_video
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cached_features_match_encoder(tmp_path_factory, tmp_path):
     raw = synthetic_shards(tmp_path_factory)
-    man = cache_features(str(raw), tmp_path, progress=False)
+    man = cache_features(str(raw), tmp_path, EncoderSpec().to_dict(), FrozenEncoder, progress=False)
     assert man["counts"]["samples"] == read_manifest(raw)["counts"]["samples"]
     enc = FrozenEncoder()
     sample = next(iter(wds.WebDataset(shard_paths(tmp_path)[0], shardshuffle=False).decode()))
@@ -41,7 +41,7 @@ def test_cached_features_match_encoder(tmp_path_factory, tmp_path):
 
 
 def test_killed_job_resumes_and_skips_finished_shards(tmp_path):
-    from dexwm.synthetic import write_synthetic
+    from dexwm.data.synthetic import write_synthetic
 
     raw = tmp_path / "raw"
     write_synthetic(raw, episodes=12, T=12, items_per_shard=2)  # 6 shards

@@ -13,7 +13,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from dexwm.embodiment import project
-from dexwm.hand_fit import (
+from dexwm.keypoints import LEFT, RIGHT
+from dexwm.prep.hand_fit import (
     cover_crop,
     fit_hand_pnp,
     fit_track,
@@ -25,8 +26,7 @@ from dexwm.hand_fit import (
     transform_uv,
     valid_runs,
 )
-from dexwm.hands import HandDetector, build_task_bundle
-from dexwm.schema import LEFT, RIGHT
+from dexwm.prep.hands import HandDetector, build_task_bundle
 
 
 def toy_hand(seed: int = 0) -> np.ndarray:
@@ -274,7 +274,7 @@ def test_task_file_and_mirrored_footage_on_video(shared_data, tmp_path):
     """Both back-ends on the same real frames put each hand in the same slot; `mirrored=True`
     (selfie footage) swaps the slots; the pipeline runs with a user-supplied .task file."""
     from data_prep.human_video import main
-    from dexwm.video_inputs import open_clip
+    from dexwm.prep.video_inputs import open_clip
 
     gif = next((shared_data / "human_video" / "mixkit_third_person_hands").glob("*.gif"))
     frames = open_clip(gif).read(np.arange(0, 50, 2))  # (25, 180, 320, 3), two hands kneading

@@ -27,13 +27,14 @@ from data_prep.human_video import (
     main,
     process_video,
 )
+from dexwm.data.schema import validate_sample
+from dexwm.data.shards import read_manifest, run_shard_job, shard_paths
+from dexwm.data.video import decode_video, encode_mp4
 from dexwm.embodiment import project
-from dexwm.hand_fit import cover_crop, intrinsics_from_fov, transform_intrinsics
-from dexwm.hands import HandTrack
-from dexwm.schema import LEFT, RIGHT, validate_sample
-from dexwm.shards import read_manifest, run_shard_job, shard_paths
-from dexwm.video import decode_video, encode_mp4
-from dexwm.video_inputs import list_inputs, open_clip
+from dexwm.keypoints import LEFT, RIGHT
+from dexwm.prep.hand_fit import cover_crop, intrinsics_from_fov, transform_intrinsics
+from dexwm.prep.hands import HandTrack
+from dexwm.prep.video_inputs import list_inputs, open_clip
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 from _data import synthetic_shards
 
-from dexwm.actions import keypoint_actions
-from dexwm.clips import ClipConfig, make_clips, sample_indices
-from dexwm.loader import BAD, DataSource, ShardError, expand_paths, make_loader
-from dexwm.schema import SchemaError
-from dexwm.shards import samples_to_tar_bytes, shard_paths
-from dexwm.stats import compute_stats
-from dexwm.synthetic import make_episode
+from dexwm.data.actions import keypoint_actions
+from dexwm.data.clips import ClipConfig, make_clips, sample_indices
+from dexwm.data.loader import BAD, DataSource, ShardError, expand_paths, make_loader
+from dexwm.data.schema import SchemaError
+from dexwm.data.shards import samples_to_tar_bytes, shard_paths
+from dexwm.data.stats import compute_stats
+from dexwm.data.synthetic import make_episode
 
 
 def first_batch(sources, cfg, **kw):
@@ -56,7 +56,7 @@ def test_window_sampling_is_sorted_and_inside_window():
 
 
 def test_mixing_follows_weights(tmp_path):
-    from dexwm.synthetic import write_synthetic
+    from dexwm.data.synthetic import write_synthetic
 
     write_synthetic(tmp_path / "a", episodes=8, T=6, seed=0, fmt="npy")
     write_synthetic(tmp_path / "b", episodes=8, T=6, seed=100, fmt="npy")
@@ -156,7 +156,7 @@ def test_stats_are_deterministic(tmp_path_factory):
 
 
 def test_augmentation_is_photometric_and_clip_consistent():
-    from dexwm.clips import augment_frames
+    from dexwm.data.clips import augment_frames
 
     s = make_episode(2, T=6, fmt="npy")
     frames = s["frames.npy"]
@@ -177,10 +177,10 @@ def test_augmentation_is_photometric_and_clip_consistent():
 def test_precomputed_stats_file_is_used(tmp_path_factory, tmp_path):
     import lightning as L
 
-    from dexwm.datamodule import ShardDataModule
-    from dexwm.predictor import PredictorConfig
-    from dexwm.stats import save_stats
-    from dexwm.training import WorldModelModule
+    from dexwm.data.datamodule import ShardDataModule
+    from dexwm.data.stats import save_stats
+    from dexwm.models.predictor import PredictorConfig
+    from dexwm.training.module import WorldModelModule
 
     root = synthetic_shards(tmp_path_factory)
     cfg = ClipConfig(num_frames=3, mode="fixed")

@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from dexwm.actions import ACTION_DIM, Normalizer, keypoint_actions
+from dexwm.data.actions import ACTION_DIM, keypoint_actions
 from dexwm.embodiment import euler_xyz_to_matrix, gripper_keypoints
-from dexwm.hand_head import (
+from dexwm.models.hand_head import (
     HandHead,
     HandHeadConfig,
     hand_heatmap_loss,
     heatmap_targets,
     render_heatmaps,
 )
-from dexwm.losses import hand_loss
-from dexwm.predictor import Predictor, PredictorConfig
+from dexwm.models.losses import hand_loss
+from dexwm.models.normalizer import Normalizer
+from dexwm.models.predictor import Predictor, PredictorConfig
 
 
 def make_predictor(max_frames=4, residual=True, seed=0):
@@ -241,7 +242,7 @@ def test_hand_head_output_size():
 
 
 def test_static_camera_fast_path_equals_general_actions():
-    from dexwm.actions import keypoint_actions_static
+    from dexwm.data.actions import keypoint_actions_static
 
     rng = np.random.default_rng(3)
     hands = rng.normal(size=(6, 2, 21, 3)).astype(np.float32)

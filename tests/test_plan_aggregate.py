@@ -14,17 +14,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from _plan import tiny_model  # noqa: E402
 
-from dexwm.clips import ClipConfig, make_clips  # noqa: E402
-from dexwm.planning import CEM, JointSpace, MPCPolicy, evaluate, run_episode  # noqa: E402
-from dexwm.planning.aggregate import write_episode_shard  # noqa: E402
-from dexwm.planning.baselines import (  # noqa: E402
-    BCPolicy,
-    HoldPolicy,
-    OraclePolicy,
-    RandomPolicy,
-    train_goal_bc,
-)
-from dexwm.schema import validate_sample  # noqa: E402
+from dexwm.control import JointSpace, MPCPolicy, evaluate, run_episode
+from dexwm.control.aggregate import write_episode_shard  # noqa: E402
+from dexwm.control.baselines import HoldPolicy, OraclePolicy, RandomPolicy  # noqa: E402
+from dexwm.control.bc import BCPolicy, train_goal_bc  # noqa: E402
+from dexwm.data.clips import ClipConfig, make_clips  # noqa: E402
+from dexwm.data.schema import validate_sample  # noqa: E402
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder  # noqa: E402
+from dexwm.planning import CEM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def collected(rig, tmp_path_factory):
     """Two short random-policy episodes written as shards, then with cached features."""
-    from dexwm.feature_cache import cache_features
+    from dexwm.data.feature_cache import cache_features
 
     folder = tmp_path_factory.mktemp("collected")
     runs = []
@@ -41,7 +38,13 @@ def collected(rig, tmp_path_factory):
         record, _ = run_episode(rig, RandomPolicy(seed=i), task, i, max_steps=12,
                                 stop_on_success=False, observations=seen)  # fmt: skip
         runs.append((seen, write_episode_shard(rig, seen, folder / "shards", f"random_{task}")))
-    cache_features(str(folder / "shards" / "*.tar"), folder / "feats", progress=False)
+    cache_features(
+        str(folder / "shards" / "*.tar"),
+        folder / "feats",
+        EncoderSpec().to_dict(),
+        FrozenEncoder,
+        progress=False,
+    )
     return runs, folder
 
 
@@ -116,7 +119,7 @@ def test_plan_py_cli_writes_results_and_config(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, str(ROOT / "plan.py"), "eval", "--config",
            str(ROOT / "configs/plan/baselines.yaml"), "--policies",
-           "[{class_path: dexwm.planning.baselines.HoldPolicy}]", "--tasks", "[place]",
+           "[{class_path: dexwm.control.baselines.HoldPolicy}]", "--tasks", "[place]",
            "--episodes", "[3]", "--max_steps", "3", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -132,8 +135,9 @@ def test_plan_py_cli_writes_results_and_config(tmp_path):
 def test_aggregation_round_collects_finetunes_and_replans(tmp_path, collected):
     """One round end to end: evaluate, collect MPC episodes as shards, cache features, fine-tune
     with train.py, evaluate the new model."""
-    from dexwm.planning import CEM, MPCPolicy
-    from dexwm.planning.aggregate import aggregate
+    from dexwm.control import MPCPolicy
+    from dexwm.control.aggregate import aggregate
+    from dexwm.planning import CEM
 
     _, folder = collected
     ckpt = tmp_path / "wm.pt"

@@ -12,20 +12,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from _plan import tiny_model  # noqa: E402
 
-from dexwm.actions import keypoint_actions  # noqa: E402
+from dexwm.control import JointSpace, ModelRollout, MPCPolicy, evaluate, run_episode
+from dexwm.data.actions import keypoint_actions  # noqa: E402
 from dexwm.planning import (  # noqa: E402
     CEM,
     MPPI,
     Chain,
     FeatureCost,
     GradientPlanner,
-    JointSpace,
     KeypointCost,
-    ModelRollout,
-    MPCPolicy,
     OrientationCost,
-    evaluate,
-    run_episode,
 )
 from dexwm.planning.costs import Goal, Objective, Prediction, hand_frame, step_weights  # noqa: E402
 
@@ -157,7 +153,7 @@ def test_batched_rollout_equals_one_candidate_at_a_time(rig, space, wm):
 
 
 def test_split_sizes_cover_every_candidate_once():
-    from dexwm.planning import split_sizes
+    from dexwm.control import split_sizes
 
     assert split_sizes(512, 8) == [64] * 8  # DexWM: 512 samples over 8 GPUs
     assert split_sizes(10, 4) == [3, 3, 2, 2]
@@ -174,7 +170,7 @@ def test_candidates_spread_over_devices_match_one_device(rig, space, wm):
     """Two replicas (both on the CPU here; on a GPU box, "cuda:0", "cuda:1"): each rolls out its
     slice in its own thread; the gathered predictions equal the one-device rollout in order, and
     gradients flow back through the split (the gradient planner)."""
-    from dexwm.planning import replicate
+    from dexwm.control import replicate
 
     obs = rig.reset("reach", 3)
     feats = wm.encode(torch.from_numpy(obs["image"])[None])
@@ -263,7 +259,7 @@ def test_mpc_plans_respect_the_step_limit(rig, wm):
 def test_evaluate_writes_records_summary_and_videos(tmp_path, wm):
     ckpt = tmp_path / "wm.pt"
     wm.save(ckpt)
-    from dexwm.planning.baselines import HoldPolicy
+    from dexwm.control.baselines import HoldPolicy
 
     policies = [MPCPolicy(CEM(samples=8, elites=2, iterations=1), name="cem-tiny"), HoldPolicy()]
     res = evaluate(policies, tasks=["reach", "place"], episodes=[0], checkpoint=str(ckpt),
@@ -290,7 +286,7 @@ def test_bad_inputs_fail_before_any_planning(rig, wm, tmp_path):
         policy.reset(rig, np.zeros((64, 64, 3), np.uint8), obs)
     with pytest.raises(ValueError, match="uint8"):
         policy.reset(rig, np.zeros((128, 128, 3), np.float32), obs)
-    from dexwm.world_model import WorldModel
+    from dexwm.models.world_model import WorldModel
 
     other = WorldModel(wm.encoder_spec, wm.pred_cfg, None, action_dim=10, shape=wm.shape)
     with pytest.raises(ValueError, match="action space has 10"):

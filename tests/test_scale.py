@@ -5,8 +5,8 @@ from pathlib import Path
 
 import torch
 
-from dexwm.cli import WorldModelCLI
-from dexwm.training import WorldModelModule, scaled_lr
+from dexwm.training.cli import WorldModelCLI
+from dexwm.training.module import WorldModelModule, scaled_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = [str(ROOT / "configs/model/paper.yaml"), str(ROOT / "configs/train/paper.yaml")]

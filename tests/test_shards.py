@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from dexwm.schema import SchemaError, make_meta, sample_key, validate_sample
-from dexwm.shards import Skip, read_manifest, run_shard_job, shard_paths
+from dexwm.data.schema import SchemaError, make_meta, sample_key, validate_sample
+from dexwm.data.shards import Skip, read_manifest, run_shard_job, shard_paths
 
 
 def make_sample(i: int, T: int = 5) -> dict:

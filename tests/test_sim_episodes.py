@@ -17,12 +17,13 @@ import pytest  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from data_prep.sim_episodes import main  # noqa: E402
-from dexwm.schema import validate_sample  # noqa: E402
-from dexwm.shards import read_manifest, sha256_file, shard_paths  # noqa: E402
+from dexwm.data.schema import validate_sample  # noqa: E402
+from dexwm.data.shards import read_manifest, shard_paths  # noqa: E402
+from dexwm.data.video import decode_video  # noqa: E402
+from dexwm.io import sha256_file
 from dexwm.sim.assets import ModelFilesNotFound  # noqa: E402
 from dexwm.sim.explore import Explorer  # noqa: E402
 from dexwm.sim.rig import Rig  # noqa: E402
-from dexwm.video import decode_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 JOINTS = {"allegro": 23, "shadow": 30, "panda_gripper": 8}

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dexwm.embodiment import gripper_keypoints  # noqa: E402
-from dexwm.schema import FINGERTIPS  # noqa: E402
+from dexwm.keypoints import FINGERTIPS  # noqa: E402
 from dexwm.sim.kinematics import KeypointFK, TreeFK  # noqa: E402
 from dexwm.sim.rig import Rig  # noqa: E402
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from _data import synthetic_feats
 
-from dexwm.clips import ClipConfig
-from dexwm.datamodule import ShardDataModule
-from dexwm.hand_head import HandHeadConfig
-from dexwm.loader import DataSource
-from dexwm.losses import feature_loss
-from dexwm.predictor import PredictorConfig
-from dexwm.training import OptimConfig, WorldModelModule
-from dexwm.world_model import WorldModel
+from dexwm.data.clips import ClipConfig
+from dexwm.data.datamodule import ShardDataModule
+from dexwm.data.loader import DataSource
+from dexwm.models.hand_head import HandHeadConfig
+from dexwm.models.losses import feature_loss
+from dexwm.models.predictor import PredictorConfig
+from dexwm.models.world_model import WorldModel
+from dexwm.training.module import OptimConfig, WorldModelModule
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ClipConfig(num_frames=4, mode="fixed", gap=1)

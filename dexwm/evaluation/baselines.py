@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dexwm.actions import HAND_DIMS
-from dexwm.world_model import WorldModel
+from dexwm.data.actions import HAND_DIMS
+from dexwm.models.world_model import WorldModel
 
 BASELINES = ("copy_last", "shuffled_actions", "zero_actions")
 MOTION_DIMS = HAND_DIMS + 6  # hand xyz deltas + camera position / Euler deltas (flags follow)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dexwm.shards import atomic_write_bytes
+from dexwm.io import atomic_write_bytes
 
 
 def cache_path(cache_dir: str | Path, kind: str, key: dict) -> Path:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
+from dexwm.data.loader import DataSource, source_from
 from dexwm.evaluation.baselines import BASELINES
 from dexwm.evaluation.metrics import DEXWM_PCK_PX
 from dexwm.evaluation.pixel_decoder import DecoderConfig
 from dexwm.evaluation.probe import ProbeConfig
-from dexwm.loader import DataSource, source_from
 
 
 @dataclass

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from dexwm.clips import ClipConfig, make_clips
-from dexwm.encoders import crop_params, transform_uv
-from dexwm.hand_head import heatmap_targets
-from dexwm.loader import DataSource, expand_paths
-from dexwm.schema import HEATMAP_EMBODIMENTS, validate_sample
-from dexwm.video import decode_video
+from dexwm.data.clips import ClipConfig, make_clips
+from dexwm.data.loader import DataSource, expand_paths
+from dexwm.data.schema import HEATMAP_EMBODIMENTS, validate_sample
+from dexwm.data.video import decode_video
+from dexwm.models.encoders import crop_params, transform_uv
+from dexwm.models.hand_head import heatmap_targets
 
 
 def source_name(source: DataSource) -> str:
@@ -95,7 +95,7 @@ def eval_clips(
 ) -> Iterator[dict]:
     """Clips of context + horizon frames at a gap of ~step_s seconds (one gap per sample's fps).
     Clip starts are random but seeded by (seed, sample key). The first `frames_for` clips also carry
-    their frames (for pictures). Yields clips as `dexwm.clips.make_clips` does, plus `source`."""
+    their frames (for pictures). Yields clips as `dexwm.data.clips.make_clips` does, plus `source`."""
     n = context + horizon
     for sample in _samples(report.shards):
         if not sample:

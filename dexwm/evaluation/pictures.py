@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dexwm.evaluation.data import crop_frames
-from dexwm.shards import atomic_write_bytes
+from dexwm.io import atomic_write_bytes
 
 
 def _safe(s: str) -> str:
@@ -37,7 +37,7 @@ def rollout_pictures(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dexwm.video import encode_mp4
+    from dexwm.data.video import encode_mp4
 
     files = []
     for n, v in enumerate(vis):

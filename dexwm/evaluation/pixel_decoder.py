@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexwm.actions import Normalizer
+from dexwm.models.normalizer import Normalizer
 
 
 @dataclass

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dexwm.actions import Normalizer
-from dexwm.hand_head import HandHead, HandHeadConfig, render_heatmaps
+from dexwm.models.hand_head import HandHead, HandHeadConfig, render_heatmaps
+from dexwm.models.normalizer import Normalizer
 
 
 @dataclass

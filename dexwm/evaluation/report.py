@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dexwm.evaluation.baselines import DESCRIPTIONS
-from dexwm.shards import atomic_write_bytes
-from dexwm.training import git_commit
+from dexwm.io import atomic_write_bytes, git_commit
 
 FEATURE_SPACE = (
     "feat_* and cosine: the model's NORMALISED feature space (raw encoder features standardised "

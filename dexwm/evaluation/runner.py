@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dexwm.clips import collate_clips
+from dexwm.data.clips import collate_clips
+from dexwm.data.loader import DataSource, expand_paths, source_from
 from dexwm.evaluation import baselines as bl
 from dexwm.evaluation import report
 from dexwm.evaluation.cache import cache_path, load_module, save_module
@@ -43,8 +44,7 @@ from dexwm.evaluation.probe import (
     resolve,
     train_probe,
 )
-from dexwm.loader import DataSource, expand_paths, source_from
-from dexwm.world_model import WorldModel
+from dexwm.models.world_model import WorldModel
 
 
 def _urls(sources: list[DataSource]) -> set[str]:

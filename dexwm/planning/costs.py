@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dexwm.schema import FINGERTIPS, WRIST
+from dexwm.keypoints import FINGERTIPS, WRIST
 
-RIGHT_HAND_MAPS = slice(6, 12)  # heatmaps: left wrist + 5 tips, then the right hand's
 HEAD_POINTS = (WRIST, *FINGERTIPS)
 
 
@@ -43,7 +42,9 @@ class Goal:
     uv: torch.Tensor | None = None  # (6, 2) right wrist + tips in encoder-input pixels (head)
     frame: torch.Tensor | None = None  # (3, 3) goal hand frame, camera axes
     task: str | None = None
-    wm: object | None = None  # the world model (hand head) for terms that need it
+    # predicted features (B, H, N, D), temperature -> right wrist + tips (B, H, 6, 2) in
+    # encoder-input pixels, from the world model's hand head (given by the closed loop)
+    hand_uv: Callable[[torch.Tensor, float], torch.Tensor] | None = None
     to_input_uv: Callable[[torch.Tensor], torch.Tensor] | None = None  # cam points -> input px
 
 
@@ -123,12 +124,9 @@ class KeypointCost(CostTerm):
         if goal.uv is None:
             raise ValueError("KeypointCost needs the goal's hand points (a model with a hand head)")
         if self.source == "predicted":
-            from dexwm.hand_head import soft_argmax  # (imports timm: only when used)
-
-            dev = goal.wm.feat_norm.mean.device
-            hm = goal.wm.heatmaps(pred.feats.to(dev)).to(pred.feats.device)
-            hm = hm[..., RIGHT_HAND_MAPS, :, :]  # (B, H, 6, h, w)
-            uv = soft_argmax(hm, self.temperature) / goal.wm.hand_cfg.scale  # (B, H, 6, 2)
+            if goal.hand_uv is None:
+                raise ValueError("KeypointCost(source='predicted') needs the model's hand head")
+            uv = goal.hand_uv(pred.feats, self.temperature)  # (B, H, 6, 2)
         else:
             pts = pred.keypoints[:, 1:, list(HEAD_POINTS)]  # (B, H, 6, 3)
             uv = goal.to_input_uv(pts)

@@ -1,5 +1,5 @@
 """Gradient-based planning: backpropagate the cost through the (differentiable) rollout into the
-action sequence, a pure batched function.
+action sequence.
 
 The sequence is optimised in coordinates scaled by the search spread, x = x0 + std * z, so one
 learning rate fits arm and finger joints alike and dimensions with std 0 stay fixed. `restarts`
@@ -14,15 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dexwm.planning.base import (
-    Cost,
-    Planner,
-    PlanResult,
-    Rollout,
-    check_inputs,
-    clamp,
-    positive,
-)
+from dexwm.planning.base import Planner, PlanResult, Problem, clamp, positive
 
 
 @dataclass
@@ -33,9 +25,6 @@ class GradientPlanner(Planner):
     restarts: int = 1  # candidates optimised in parallel
     init_noise: float = 1.0  # noise of the extra restarts, in units of std
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def check(self) -> None:
         positive("iterations", self.iterations)
         positive("lr", self.lr)
@@ -45,64 +34,49 @@ class GradientPlanner(Planner):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
 
     @property
-    def samples_per_iteration(self) -> int:
-        return self.restarts
+    def budget(self) -> int:
+        return (self.iterations + 1) * self.restarts
 
+    def solve(self, p: Problem) -> PlanResult:
+        mean, std, lower, upper = p.mean, p.std, p.lower, p.upper
+        starts = [p.clamp(mean)[None]]
+        if p.proposals is not None:
+            starts.append(p.clamp(p.proposals.to(mean))[: self.restarts - 1])
+        n = self.restarts - sum(len(s) for s in starts)
+        if n > 0:
+            eps = torch.randn((n, *mean.shape), generator=p.generator, dtype=mean.dtype)
+            starts.append(p.clamp(mean + self.init_noise * std * eps.to(mean.device)))
+        x0 = torch.cat(starts).detach()  # (R, H, A)
+        scale = std.detach()  # (H, A)
+        z = torch.zeros_like(x0, requires_grad=True)
+        opt = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)([z], lr=self.lr)
+        best, best_cost, history = x0[0], float("inf"), []
 
-def gradient_plan(
-    rollout: Rollout,
-    cost: Cost,
-    mean: torch.Tensor,
-    std: torch.Tensor,
-    cfg: GradientPlanner,
-    lower: torch.Tensor | None = None,
-    upper: torch.Tensor | None = None,
-    proposals: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> PlanResult:
-    """Minimise cost(rollout(x), x) by gradient steps on x; see the module docstring."""
-    check_inputs(mean, std, proposals)
-    starts = [clamp(mean, lower, upper)[None]]
-    if proposals is not None:
-        starts.append(clamp(proposals.to(mean), lower, upper)[: cfg.restarts - 1])
-    n = cfg.restarts - sum(len(s) for s in starts)
-    if n > 0:
-        eps = torch.randn((n, *mean.shape), generator=generator, dtype=mean.dtype)
-        starts.append(clamp(mean + cfg.init_noise * std * eps.to(mean.device), lower, upper))
-    x0 = torch.cat(starts).detach()  # (R, H, A)
-    scale = std.detach()  # (H, A)
-    z = torch.zeros_like(x0, requires_grad=True)
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)([z], lr=cfg.lr)
-    best, best_cost, history = x0[0], float("inf"), []
+        def track(x: torch.Tensor, c: torch.Tensor) -> None:
+            nonlocal best, best_cost
+            i = int(torch.argmin(c))
+            if float(c[i]) < best_cost:
+                best, best_cost = x[i].detach().clone(), float(c[i])
 
-    def track(x: torch.Tensor, c: torch.Tensor) -> None:
-        nonlocal best, best_cost
-        i = int(torch.argmin(c))
-        if float(c[i]) < best_cost:
-            best, best_cost = x[i].detach().clone(), float(c[i])
-
-    with torch.enable_grad():
-        for _ in range(cfg.iterations):
-            x = clamp(x0 + scale * z, lower, upper)  # (R, H, A)
-            c = cost(rollout(x), x).reshape(-1)  # (R,)
-            track(x, c.detach())
-            history.append(float(c.detach().min()))
-            opt.zero_grad()
-            c.sum().backward()  # candidates are independent: per-candidate gradients
-            opt.step()
-            with torch.no_grad():  # projection: keep z inside the box (clamp has no gradient)
-                inside = clamp(x0 + scale * z, lower, upper)
-                z.copy_(torch.where(scale > 0, (inside - x0) / scale.clamp_min(1e-12), z))
-    with torch.no_grad():
-        x = clamp(x0 + scale * z, lower, upper)
-        track(x, cost(rollout(x), x).reshape(-1))
-    evaluations = (cfg.iterations + 1) * len(x0)
-    return PlanResult(
-        best, torch.zeros_like(best), best, best_cost, history, cfg.iterations, evaluations
-    )
-
-
-GradientPlanner.function = staticmethod(gradient_plan)
+        with torch.enable_grad():
+            for _ in range(self.iterations):
+                x = clamp(x0 + scale * z, lower, upper)  # (R, H, A)
+                c = p.cost(p.rollout(x), x).reshape(-1)  # (R,)
+                track(x, c.detach())
+                history.append(float(c.detach().min()))
+                opt.zero_grad()
+                c.sum().backward()  # candidates are independent: per-candidate gradients
+                opt.step()
+                with torch.no_grad():  # projection: keep z inside the box (clamp has no gradient)
+                    inside = clamp(x0 + scale * z, lower, upper)
+                    z.copy_(torch.where(scale > 0, (inside - x0) / scale.clamp_min(1e-12), z))
+        with torch.no_grad():
+            x = clamp(x0 + scale * z, lower, upper)
+            track(x, p.cost(p.rollout(x), x).reshape(-1))
+        evaluations = (self.iterations + 1) * len(x0)
+        return PlanResult(
+            best, torch.zeros_like(best), best, best_cost, history, self.iterations, evaluations
+        )
 
 
 @dataclass
@@ -113,33 +87,21 @@ class Chain(Planner):
 
     planners: list[Planner] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.check()
-
     def check(self) -> None:
         if not self.planners:
             raise ValueError("Chain needs at least one planner")
-        for p in self.planners:
-            p.check()
+        for q in self.planners:
+            q.check()
 
     @property
     def budget(self) -> int:
-        return sum(p.budget for p in self.planners)
+        return sum(q.budget for q in self.planners)
 
-    def __call__(
-        self,
-        rollout: Rollout,
-        cost: Cost,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        lower: torch.Tensor | None = None,
-        upper: torch.Tensor | None = None,
-        proposals: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> PlanResult:
-        results = []
-        for p in self.planners:
-            out = p(rollout, cost, mean, std, lower, upper, proposals, generator)
+    def solve(self, p: Problem) -> PlanResult:
+        results, mean, std, proposals = [], p.mean, p.std, p.proposals
+        for q in self.planners:
+            out = q.solve(Problem(p.rollout, p.cost, mean, std, p.lower, p.upper, proposals,
+                                  p.generator))  # fmt: skip
             results.append(out)
             # the next stage starts at this plan, with this result's best as an extra candidate
             mean, std, proposals = out.mean, torch.where(out.std > 0, out.std, std), out.best[None]

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from dexwm.schema import make_meta, sample_key
+from dexwm.data.schema import make_meta, sample_key
 from dexwm.sim import grasps
 from dexwm.sim.control import UnreachableTarget, interpolate_targets
 from dexwm.sim.scene import OBJECT_NAMES
@@ -185,7 +185,7 @@ class Explorer:
 
     def sample(self, episode: int, frames: int = 50, seed: int = 0, video: str = "mp4") -> dict:
         """One episode as a webdataset sample of shard schema v1 (video: "mp4" or "npy")."""
-        from dexwm.video import encode_mp4
+        from dexwm.data.video import encode_mp4
 
         rig = self.rig
         ep = self.run(episode, frames, seed)

@@ -17,7 +17,7 @@ import mujoco
 import numpy as np
 
 from dexwm.embodiment import gripper_keypoints, matrix_to_euler_xyz
-from dexwm.schema import FINGERTIPS, NUM_KEYPOINTS
+from dexwm.keypoints import FINGERTIPS, NUM_KEYPOINTS
 from dexwm.sim import tasks
 from dexwm.sim.camera import Camera
 from dexwm.sim.control import IK

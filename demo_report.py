@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from dexwm.shards import atomic_write_bytes
+from dexwm.io import atomic_write_bytes
 
 
 def training_curves(metrics_csvs: list[str], png: Path) -> dict:

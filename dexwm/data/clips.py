@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dexwm.actions import keypoint_actions, keypoint_actions_static
-from dexwm.schema import HEATMAP_EMBODIMENTS, SchemaError, sample_length
-from dexwm.video import decode_video
+from dexwm.data.actions import keypoint_actions, keypoint_actions_static
+from dexwm.data.schema import HEATMAP_EMBODIMENTS, SchemaError, sample_length
+from dexwm.data.video import decode_video
 
 
 @dataclass

@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import lightning as L
 
-from dexwm.clips import ClipConfig
-from dexwm.loader import BAD, DataSource, Epoch, make_loader, source_from
+from dexwm.data.clips import ClipConfig
+from dexwm.data.loader import BAD, DataSource, Epoch, make_loader, source_from
 
 
 class ShardDataModule(L.LightningDataModule):

@@ -1,7 +1,9 @@
 """Feature cache: run a frozen encoder over shards once, write the same samples + `feats.npy`.
 
 The encoder is frozen, so training only needs its outputs: computing them once turns every later
-epoch into pure predictor work. Output shards mirror the input shards one to one; meta.json gains an
+epoch into pure predictor work. The encoder is handed in (`build(spec)`, e.g.
+`dexwm.models.encoders.FrozenEncoder`): uint8 frames (B, H, W, 3) -> features (B, N, D), with
+`describe()` naming it; the data layer never imports the model layer. Output shards mirror the input shards one to one; meta.json gains an
 `encoder` entry (name, weights, input size, weights checksum, token grid). Resumable: shards already
 written are skipped (see dexwm/shards.py).
 """
@@ -15,13 +17,13 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from dexwm.encoders import EncoderSpec, FrozenEncoder
-from dexwm.loader import expand_paths
-from dexwm.schema import validate_sample
-from dexwm.shards import run_shard_job
-from dexwm.video import decode_video
+from collections.abc import Callable
+from dexwm.data.loader import expand_paths
+from dexwm.data.schema import validate_sample
+from dexwm.data.shards import run_shard_job
+from dexwm.data.video import decode_video
 
-_ENCODERS: dict[str, FrozenEncoder] = {}  # one per worker process
+_ENCODERS: dict[str, torch.nn.Module] = {}  # one per worker process
 
 
 def _all(urls):
@@ -29,24 +31,24 @@ def _all(urls):
     return urls
 
 
-def _encoder(spec: dict) -> FrozenEncoder:
-    key = repr(sorted(spec.items()))
+def _encoder(build: Callable, spec: dict):
+    key = repr((build, sorted(spec.items())))
     if key not in _ENCODERS:
-        _ENCODERS[key] = FrozenEncoder(spec)
+        _ENCODERS[key] = build(spec)
     return _ENCODERS[key]
 
 
-def encode_frames(enc: FrozenEncoder, frames: np.ndarray, batch: int = 32) -> np.ndarray:
+def encode_frames(enc: Callable, frames: np.ndarray, batch: int = 32) -> np.ndarray:
     """uint8 (T, H, W, 3) -> float16 (T, N, D)."""
     out = [enc(torch.from_numpy(frames[i : i + batch])) for i in range(0, len(frames), batch)]
     return torch.cat(out).to(torch.float16).numpy()
 
 
 def _process(args: tuple) -> list[dict]:
-    url, spec, drop_frames, threads = args
+    url, build, spec, drop_frames, threads = args
     if threads:
         torch.set_num_threads(threads)
-    enc = _encoder(spec)
+    enc = _encoder(build, spec)
     info = enc.describe()
     out = []
     for sample in wds.WebDataset(
@@ -69,19 +71,19 @@ def _process(args: tuple) -> list[dict]:
 def cache_features(
     shards: list[str] | str,
     out_dir: str | Path,
-    encoder: EncoderSpec | dict | None = None,
+    spec: dict,
+    build: Callable[[dict], Callable],
     drop_frames: bool = False,
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Encode every sample of `shards` (files, folders with manifest, globs) into `out_dir`."""
-    spec = (
-        EncoderSpec(**encoder) if isinstance(encoder, dict) else encoder or EncoderSpec()
-    ).to_dict()
+    """Encode every sample of `shards` (files, folders with manifest, globs) into `out_dir` with
+    the encoder `build(spec)` (spec: plain data naming it, recorded in the manifest)."""
+    spec = dict(spec)
     urls = [os.path.abspath(u) if "://" not in u else u for u in expand_paths(shards)]
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
-    items = [(u, (u, spec, drop_frames, threads)) for u in urls]
+    items = [(u, (u, build, spec, drop_frames, threads)) for u in urls]
     config = {"kind": "feature_cache", "encoder": spec, "inputs": urls, "drop_frames": drop_frames}
     return run_shard_job(
         items, _process, out_dir, config=config, items_per_shard=1, workers=workers,

@@ -17,7 +17,6 @@ import multiprocessing as mp
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from dexwm.schema import SCHEMA_VERSION
+from dexwm.data.schema import SCHEMA_VERSION
+from dexwm.io import atomic_write_bytes, atomic_write_json, sha256_file
 
 PARTS = ".parts"
 JOB_FILE = ".job.json"
@@ -35,35 +35,6 @@ MANIFEST = "manifest.json"
 
 class Skip(Exception):
     """Raised by a process function to skip an item; the message is recorded as the reason."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_member(key: str, value: Any) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.video import VideoDecodeError, decode_video
+from dexwm.data.video import VideoDecodeError, decode_video
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 GIF_EXTS = (".gif",)

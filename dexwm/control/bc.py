@@ -1,5 +1,4 @@
-"""Baselines in the same harness as the planners: hold still, random actions, the scripted oracle
-(privileged upper bound) and a goal-conditioned behaviour-cloning policy (`GoalBC`).
+"""Goal-conditioned behaviour cloning (`GoalBC`), the learned baseline and the planners' prior.
 
 GoalBC is trained on the same robot data as the world model (exploration shards with cached
 features) with hindsight goals: for a frame t, a later frame t + k (k <= max_goal_steps) of the
@@ -16,59 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dexwm.planning.policy import Policy, check_goal_image
-
-
-class HoldPolicy(Policy):
-    """Keeps the current joint targets (what success looks like without moving)."""
-
-    name = "hold"
-
-    def __init__(self, name: str = "hold") -> None:
-        self.name = name
-
-    def act(self, obs: dict) -> np.ndarray:
-        return obs["commanded"][None].copy()
-
-
-class RandomPolicy(Policy):
-    """A random walk of joint targets: each step adds N(0, std) (rad), clipped to the limits.
-    Defaults: the exploration data's jitter."""
-
-    def __init__(
-        self, std_arm: float = 0.08, std_hand: float = 0.1, seed: int = 0, name: str = "random"
-    ) -> None:
-        self.std_arm, self.std_hand, self.seed, self.name = std_arm, std_hand, seed, name
-
-    def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
-        super().reset(rig, goal_image, obs)
-        n = rig.info.n_arm
-        self.std = np.r_[np.full(n, self.std_arm), np.full(rig.n_joints - n, self.std_hand)]
-        self.limits = rig.joint_limits
-        self.rng = np.random.default_rng([self.seed, rig.episode.index if rig.episode else 0])
-
-    def act(self, obs: dict) -> np.ndarray:
-        q = obs["commanded"] + self.rng.normal(0.0, self.std)
-        return np.clip(q, *self.limits.T)[None]
-
-
-class OraclePolicy(Policy):
-    """The sim's scripted expert (privileged state): an upper bound for the planners."""
-
-    def __init__(self, name: str = "oracle") -> None:
-        self.name = name
-
-    def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
-        from dexwm.sim.oracle import Oracle
-
-        super().reset(rig, goal_image, obs)
-        self.oracle = Oracle(rig)
-
-    def act(self, obs: dict) -> np.ndarray:
-        return self.oracle.act()[None]
-
-
-# ---- goal-conditioned behaviour cloning -----------------------------------------------------
+from dexwm.control.policy import Policy, check_goal_image
 
 
 @dataclass
@@ -117,7 +64,7 @@ def load_episodes(paths: list[str] | str) -> list[dict]:
     """Shards with cached features -> [{"feats": (T, N, D) float16, "joints": (T, J)}]."""
     import webdataset as wds
 
-    from dexwm.loader import expand_paths
+    from dexwm.data.loader import expand_paths
 
     eps = []
     for url in expand_paths(paths):
@@ -163,7 +110,7 @@ def train_goal_bc(
     """Train GoalBC on shards with cached features; saves {state_dict, config, encoder} of the
     step with the lowest validation loss (checked 20 times) to `out` (torch.load(...,
     weights_only=True) reads it). Returns train / val losses."""
-    from dexwm.shards import atomic_write_bytes
+    from dexwm.io import atomic_write_bytes
 
     eps = load_episodes(shards)
     if len(eps) <= val_episodes:
@@ -224,7 +171,7 @@ class BCPolicy(Policy):
         self.net = None
 
     def setup(self, checkpoint: str | None = None) -> None:
-        from dexwm.encoders import FrozenEncoder
+        from dexwm.models.encoders import FrozenEncoder
 
         if self.net is not None:
             return

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from dexwm.actions import ACTION_DIM
-from dexwm.planning.actions import JointSpace
+from dexwm.control.joint_space import JointSpace
+from dexwm.data.actions import ACTION_DIM
 from dexwm.planning.costs import Prediction
 
 
@@ -32,7 +32,7 @@ def check_model(wm) -> None:
     if dim != ACTION_DIM:
         raise ValueError(
             f"the checkpoint's action space has {dim} dimensions; the rig's planner produces "
-            f"{ACTION_DIM}-d keypoint actions (dexwm.actions)"
+            f"{ACTION_DIM}-d keypoint actions (dexwm.data.actions)"
         )
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block as ViTBlock
 from torch import nn
 
-from dexwm.schema import HEATMAP_POINTS
+from dexwm.keypoints import HEATMAP_POINTS
 
 NUM_HEATMAPS = 2 * len(HEATMAP_POINTS)  # left then right hand
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.schema import LEFT, NUM_KEYPOINTS, RIGHT
+from dexwm.keypoints import LEFT, NUM_KEYPOINTS, RIGHT
 
 _BUNDLED = {0: "lite", 1: "full"}
 

@@ -6,8 +6,8 @@ collect the episodes back into shards, fine-tune the model on old + new data, pl
 Round r (0..rounds-1): evaluate the policy with model r on `eval_episodes`; run it on
 `collect_episodes` (keep them disjoint from the evaluation episodes) recording every step as a
 shard of schema v1 (frames, commanded keypoints, joints: what the exploration data hold); cache
-their features; fine-tune model r on the base data + everything collected so far (train.py with
-`--model.init_from`) -> model r+1. A last evaluation scores the final model. Success per round
+their features; fine-tune model r on the base data + everything collected so far (the training
+CLI as a function, `--model.init_from`) -> model r+1. A last evaluation scores the final model. Success per round
 goes to `out`/rounds.json.
 """
 
@@ -15,21 +15,18 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from dexwm.planning.policy import Policy
-
-ROOT = Path(__file__).resolve().parents[2]
+from dexwm.control.policy import Policy
 
 
 def write_episode_shard(rig, observations: list[dict], folder: str | Path, name: str) -> str:
     """One episode's observations -> `folder`/`name`.tar with one sample (schema v1)."""
-    from dexwm.schema import make_meta, sample_key
-    from dexwm.shards import atomic_write_bytes, samples_to_tar_bytes
+    from dexwm.data.schema import make_meta, sample_key
+    from dexwm.data.shards import samples_to_tar_bytes
+    from dexwm.io import atomic_write_bytes
     from dexwm.sim.explore import FPS, LICENCE
 
     frames = np.stack([o["image"] for o in observations])  # (T, H, W, 3)
@@ -65,22 +62,17 @@ def finetune(
     train_configs: list[str],
     extra_args: list[str],
 ) -> str:
-    """train.py fit from `checkpoint`'s weights on `data` sources; returns the new last.ckpt."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "fit"]
-    for c in train_configs:
-        cmd += ["--config", c]
-    cmd += [
+    """Fine-tune from `checkpoint`'s weights on `data` sources (the training CLI, called as a
+    function in this process); returns the new last.ckpt."""
+    from dexwm.training.cli import fit
+
+    args = [a for c in train_configs for a in ("--config", c)]
+    args += [
         "--model.init_from", checkpoint, "--data.train", json.dumps(data),
         "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "false", *extra_args,
     ]  # fmt: skip
-    log = out / "train.log"
-    out.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if done.returncode != 0:
-        raise RuntimeError(f"fine-tuning failed (exit {done.returncode}); see {log}")
-    return str(out / "checkpoints" / "last.ckpt")
+    return fit(args)
 
 
 def aggregate(
@@ -103,9 +95,10 @@ def aggregate(
 ) -> dict:
     """Run `rounds` of evaluate -> collect -> fine-tune, then a final evaluation; returns (and
     writes to out/rounds.json) the success per round."""
-    from dexwm.feature_cache import cache_features
-    from dexwm.planning.mpc import evaluate
-    from dexwm.world_model import WorldModel
+    from dexwm.control.episodes import evaluate
+    from dexwm.data.feature_cache import cache_features
+    from dexwm.models.encoders import FrozenEncoder
+    from dexwm.models.world_model import WorldModel
 
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -135,7 +128,8 @@ def aggregate(
         evaluate([collector], episodes=list(collect_episodes), checkpoint=checkpoint,
                  out=rd / "collect", video=False, stop_on_success=False,
                  collect=rd / "shards", **common)  # fmt: skip
-        cache_features(str(rd / "shards" / "*.tar"), rd / "feats", enc, progress=False)
+        cache_features(str(rd / "shards" / "*.tar"), rd / "feats", enc.to_dict(), FrozenEncoder,
+                       progress=False)  # fmt: skip
         sources.append({"paths": [str(rd / "feats")], "weight": collect_weight, "name": f"mpc{r}"})
         checkpoint = finetune(checkpoint, sources, rd / "train", finetune_steps,
                               list(train_configs), list(train_args))  # fmt: skip

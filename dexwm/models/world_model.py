@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dexwm.actions import ACTION_DIM, Normalizer
-from dexwm.encoders import EncoderSpec, FrozenEncoder, encoder_shape, transform_uv
-from dexwm.hand_head import HandHead, HandHeadConfig
-from dexwm.predictor import Predictor, PredictorConfig
+from dexwm.data.actions import ACTION_DIM
+from dexwm.keypoints import HEATMAP_POINTS, RIGHT
+from dexwm.models.encoders import EncoderSpec, FrozenEncoder, encoder_shape, transform_uv
+from dexwm.models.hand_head import HandHead, HandHeadConfig, soft_argmax
+from dexwm.models.normalizer import Normalizer
+from dexwm.models.predictor import Predictor, PredictorConfig
 
 
 def _as(cls, x):
@@ -90,7 +92,7 @@ class WorldModel(nn.Module):
     def save(self, path: str | Path, **extra) -> None:
         import io
 
-        from dexwm.shards import atomic_write_bytes
+        from dexwm.io import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save(
@@ -155,6 +157,16 @@ class WorldModel(nn.Module):
         lead = feats.shape[:-2]
         hm = self.hand_head(feats.reshape(-1, *feats.shape[-2:]))
         return hm.reshape(*lead, *hm.shape[1:])
+
+    def hand_points(
+        self, feats: torch.Tensor, hand: int = RIGHT, temperature: float = 0.05
+    ) -> torch.Tensor:
+        """features (..., N, D) -> one hand's wrist + 5 fingertips (..., 6, 2) located by the hand
+        head (differentiable soft-argmax), in encoder-input pixels."""
+        k = len(HEATMAP_POINTS)
+        dev = self.feat_norm.mean.device
+        hm = self.heatmaps(feats.to(dev))[..., hand * k : (hand + 1) * k, :, :]  # (..., 6, h, w)
+        return (soft_argmax(hm, temperature) / self.hand_cfg.scale).to(feats.device)
 
     def uv_to_input(self, uv: torch.Tensor, src_hw: tuple[int, int]) -> torch.Tensor:
         """Pixels of stored frames (..., 2) -> pixels of the encoder input."""

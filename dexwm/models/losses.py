@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dexwm.hand_head import hand_heatmap_loss, heatmap_targets
+from dexwm.models.hand_head import hand_heatmap_loss, heatmap_targets
 
 
 def feature_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:

@@ -14,14 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from dexwm.keypoints import NUM_HANDS, NUM_KEYPOINTS
+
 SCHEMA_VERSION = 1
-NUM_HANDS = 2
-NUM_KEYPOINTS = 21
-LEFT, RIGHT = 0, 1
-WRIST = 0
-FINGERTIPS = (4, 8, 12, 16, 20)
-# The 6 points per hand the hand-consistency head predicts: wrist + 5 fingertips (DexWM).
-HEATMAP_POINTS = (WRIST, *FINGERTIPS)
 EMBODIMENTS = ("human", "gripper", "allegro", "shadow", "panda_gripper")
 # Embodiments whose keypoints are real hand points the hand-consistency head may learn; a parallel
 # gripper's 20 dummy finger points are not (DexWM: no hand loss on DROID).

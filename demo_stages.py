@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dexwm.shards import atomic_write_json
+from dexwm.io import atomic_write_json
 
 EMBODIMENTS = ("allegro", "shadow", "panda_gripper")
 REPO = Path(__file__).resolve().parents[1]
@@ -98,15 +98,16 @@ def stage_sim(cfg: DemoConfig, out: Path) -> dict:
 
 
 def stage_features(cfg: DemoConfig, out: Path) -> dict:
-    from dexwm.feature_cache import cache_features
-    from dexwm.training import WorldModelModule
+    from dexwm.data.feature_cache import cache_features
+    from dexwm.models.encoders import FrozenEncoder
+    from dexwm.training.module import WorldModelModule
 
     spec = WorldModelModule.from_config(str(REPO / "configs/model/tiny.yaml")).wm.encoder_spec
     result = {}
     for split in ("train", "heldout"):
         for emb in EMBODIMENTS:
             src, dst = out / "shards" / split / emb, out / "feats" / split / emb
-            man = cache_features(str(src), dst, spec.to_dict(), workers=cfg.workers)
+            man = cache_features(str(src), dst, spec.to_dict(), FrozenEncoder, workers=cfg.workers)
             result[f"{split}/{emb}"] = {"folder": str(dst), **man["counts"]}
     return result
 
@@ -128,7 +129,7 @@ def train_args(cfg: DemoConfig, out: Path) -> list[str]:
 def stage_train(cfg: DemoConfig, out: Path) -> dict:
     import torch
 
-    from dexwm.cli import WorldModelCLI
+    from dexwm.training.cli import WorldModelCLI
 
     ckpt = out / "train" / "checkpoints" / "last.ckpt"
     done = ckpt.exists() and torch.load(ckpt, weights_only=True)["global_step"] >= cfg.train_steps
@@ -154,9 +155,10 @@ def stage_eval(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
 
 
 def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
-    from dexwm.planning import CEM, MPCPolicy
-    from dexwm.planning.baselines import OraclePolicy, RandomPolicy
-    from dexwm.planning.mpc import evaluate
+    from dexwm.control import MPCPolicy
+    from dexwm.control.baselines import OraclePolicy, RandomPolicy
+    from dexwm.control.episodes import evaluate
+    from dexwm.planning import CEM
 
     planner = CEM(samples=cfg.plan_samples, elites=max(2, cfg.plan_samples // 8),
                   iterations=cfg.plan_iterations)  # fmt: skip
@@ -175,7 +177,7 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
 
 def run_demo(cfg: DemoConfig, fresh: list[str] | None = None) -> Path:
     """Run every stage (reusing finished ones unless named in `fresh`); returns the report path."""
-    from dexwm.report import write_report
+    from demo_report import write_report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

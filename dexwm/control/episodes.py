@@ -1,6 +1,7 @@
 """The evaluation harness: policies (MPC planners and baselines) on the rig's seeded episodes.
 
-    from dexwm.planning import evaluate, load_policies, MPCPolicy, CEM
+    from dexwm.control import evaluate, load_policies, MPCPolicy
+    from dexwm.planning import CEM
     res = evaluate([MPCPolicy(CEM(samples=64, iterations=3))], tasks=["reach"], episodes=5,
                    checkpoint="runs/x/checkpoints/last.ckpt", out="runs/plan/eval")
     res = evaluate(load_policies("configs/plan/default.yaml"), episodes=[0, 1], checkpoint=...)
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.planning.policy import Policy
+from dexwm.control.policy import Policy
 
 TIMING_KEYS = ("plan_s_per_step", "plan_s_per_call")
 
@@ -129,7 +130,7 @@ def _run_job(job: tuple[int, str, int]) -> dict:
         observations=seen,
     )  # fmt: skip
     if seen is not None:
-        from dexwm.planning.aggregate import write_episode_shard
+        from dexwm.control.aggregate import write_episode_shard
 
         name = f"{policy.name}_{task}_{index:02d}"
         record["shard"] = write_episode_shard(_WORKER["rig"], seen, opts["collect_dir"], name)

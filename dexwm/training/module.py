@@ -7,7 +7,6 @@ commit: plain data, so `torch.load(path, weights_only=True)` reads them.
 
 from __future__ import annotations
 
-import subprocess
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,12 +14,13 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from dexwm.encoders import EncoderSpec
-from dexwm.hand_head import HandHeadConfig
-from dexwm.losses import feature_loss, hand_loss
-from dexwm.predictor import PredictorConfig
-from dexwm.stats import compute_stats, load_stats, save_stats
-from dexwm.world_model import WorldModel
+from dexwm.data.stats import compute_stats, load_stats, save_stats
+from dexwm.io import git_commit
+from dexwm.models.encoders import EncoderSpec
+from dexwm.models.hand_head import HandHeadConfig
+from dexwm.models.losses import feature_loss, hand_loss
+from dexwm.models.predictor import PredictorConfig
+from dexwm.models.world_model import WorldModel
 
 
 @dataclass
@@ -49,17 +49,6 @@ def scaled_lr(
 ) -> float:
     """The linear learning-rate scaling rule (Goyal et al. 2017) used when base_batch is set."""
     return lr if not base_batch else lr * batch_size * world_size * accumulate / base_batch
-
-
-def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class WorldModelModule(L.LightningModule):

@@ -1,15 +1,19 @@
-"""Lightning CLI for dexwm: YAML configs from configs/, the resolved config saved with every run."""
+"""Lightning CLI for dexwm: YAML configs from configs/, dotted overrides, `--print_config`; the
+resolved config (+ git commit and command) saved with every run, and `fit(args)` to train from
+Python (data aggregation, the demo) exactly as `python train.py fit ...` does."""
 
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from dexwm.datamodule import ShardDataModule
-from dexwm.training import WorldModelModule
+from dexwm.data.datamodule import ShardDataModule
+from dexwm.io import write_run_record
+from dexwm.training.module import WorldModelModule
 
 
 def plain(obj) -> dict:
@@ -18,9 +22,23 @@ def plain(obj) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
+class SaveRunRecord(SaveConfigCallback):
+    """config.yaml in the run's log folder, headed by the git commit and the command line
+    (`dexwm.io.write_run_record`, as every other entry point writes it)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # a broadcast: every rank must ask
+        if trainer.is_global_zero:
+            write_run_record(log_dir, self.parser.dump(self.config, skip_none=False))
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
 class WorldModelCLI(LightningCLI):
     def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", SaveRunRecord)
         super().__init__(WorldModelModule, ShardDataModule, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -48,7 +66,7 @@ class WorldModelCLI(LightningCLI):
         if cfg.get("strategy") == "fsdp":  # shard the predictor block by block (paper scale, GPUs)
             from lightning.pytorch.strategies import FSDPStrategy
 
-            from dexwm.predictor import Block
+            from dexwm.models.predictor import Block
 
             ckpt = self.model.wm.pred_cfg.grad_checkpointing
             kwargs["strategy"] = FSDPStrategy(
@@ -63,3 +81,9 @@ class WorldModelCLI(LightningCLI):
     def before_fit(self) -> None:
         self.model.run_config = plain(self.config.get(self.subcommand, self.config))
         self.model.run_config["data_sources"] = self.datamodule.describe()
+
+
+def fit(args: list[str]) -> str:
+    """`python train.py fit <args>` in this process; returns the run's last.ckpt."""
+    cli = WorldModelCLI(args=["fit", *args])
+    return str(Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt")

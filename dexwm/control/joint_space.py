@@ -4,7 +4,7 @@ A plan is a sequence of commanded joint targets q_1..q_H (H, J) following the cu
 All candidates of a planning iteration at once:
 
     q (B, H + 1, J) -> batched FK (dexwm.sim.KeypointFK) -> right-hand keypoints (B, H + 1, 21, 3)
-    in the camera frame -> `dexwm.actions.keypoint_actions` (left hand unknown, static camera)
+    in the camera frame -> `dexwm.data.actions.keypoint_actions` (left hand unknown, static camera)
     -> raw actions (B, H, 134); the world model normalises them.
 
 Candidates are clipped to the joint limits before FK, so what the model sees is what the rig
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dexwm.actions import ACTION_DIM, keypoint_actions
-from dexwm.schema import NUM_KEYPOINTS
+from dexwm.data.actions import ACTION_DIM, keypoint_actions
+from dexwm.keypoints import NUM_KEYPOINTS
 
 
 class JointSpace:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dexwm.planning.actions import JointSpace
+from dexwm.control.joint_space import JointSpace
+from dexwm.control.model_rollout import ModelRollout, check_model, replicate
 from dexwm.planning.base import Planner, shift_plan
 from dexwm.planning.cem import CEM
 from dexwm.planning.costs import CostTerm, FeatureCost, Goal, KeypointCost, Objective, hand_frame
-from dexwm.planning.rollout import ModelRollout, check_model, replicate
 
 _MODELS: dict[str, object] = {}  # checkpoint path -> WorldModel, one per process
 
@@ -23,7 +23,7 @@ _MODELS: dict[str, object] = {}  # checkpoint path -> WorldModel, one per proces
 def load_model(checkpoint: str):
     """WorldModel from a checkpoint, cached per process."""
     if checkpoint not in _MODELS:
-        from dexwm.world_model import WorldModel
+        from dexwm.models.world_model import WorldModel
 
         wm = WorldModel.from_checkpoint(checkpoint).requires_grad_(False)
         check_model(wm)
@@ -154,15 +154,12 @@ class MPCPolicy(Policy):
                 self.space.max_step = self.space.spread(*self.max_step)
         wm = self.wm
         goal_feats = self._encode(goal_image)  # (N, D) on the host, like the predictions
-        goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None, wm=wm)
+        goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None)
+        goal.hand_uv = lambda feats, temp: wm.hand_points(feats, temperature=temp)  # (B, H, 6, 2)
         size = goal_image.shape[:2]
         goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
         if any(isinstance(t, KeypointCost) for t in self.costs):
-            dev = wm.feat_norm.mean.device
-            hm = wm.heatmaps(goal_feats[None].to(dev))[0, 6:12].cpu()  # (6, h, w) right hand
-            from dexwm.hand_head import soft_argmax
-
-            goal.uv = soft_argmax(hm) / wm.hand_cfg.scale  # (6, 2) encoder-input pixels
+            goal.uv = wm.hand_points(goal_feats)  # (6, 2) encoder-input pixels, right hand
         if rig.episode is not None:  # privileged goal hand frame, for the orientation term
             goal.frame = hand_frame(self.space.keypoints(torch.tensor(rig.episode.goal_joints)))
         self.objective = Objective(self.costs, goal)

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from dexwm.clips import ClipConfig, build_clip, collate_clips, decode_sample, plan_clips
-from dexwm.schema import SchemaError, validate_sample
-from dexwm.shards import shard_paths
+from dexwm.data.clips import ClipConfig, build_clip, collate_clips, decode_sample, plan_clips
+from dexwm.data.schema import SchemaError, validate_sample
+from dexwm.data.shards import shard_paths
 
 # Shards/samples skipped in this process because they could not be read (on_bad="skip").
 BAD = {"shards": 0, "samples": 0}

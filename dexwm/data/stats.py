@@ -15,10 +15,10 @@ import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
-from dexwm.clips import ClipConfig, make_clips
-from dexwm.loader import DataSource, expand_paths
-from dexwm.schema import validate_sample
-from dexwm.shards import atomic_write_json
+from dexwm.data.clips import ClipConfig, make_clips
+from dexwm.data.loader import DataSource, expand_paths
+from dexwm.data.schema import validate_sample
+from dexwm.io import atomic_write_json
 
 
 def _all(urls):
