@@ -67,7 +67,7 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
     lines += [
         f"Run folder `{out}`, written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} with "
         f"{os.cpu_count()} CPU cores, Python {platform.python_version()}. Every number below was "
-        "measured by this run (`python demo.py" + (" --quick" if cfg.quick else "") + "`).",
+        "measured by this run (`python demo.py`, settings at the end of this page).",
         "",
         "## Time per stage",
         "",

@@ -1,55 +1,78 @@
-"""The main job on the built-in default: sim data -> features -> tiny model -> evaluation -> planning
--> one report. Each stage records its outputs and time in <out>/stages.json; a second run reuses
-finished stages (and the stages themselves resume inside: shard jobs, training from last.ckpt).
+"""The demo's stages: sim data -> features -> tiny model -> evaluation -> planning. Each stage
+records its outputs and time in <out>/stages.json; a second run reuses finished stages (and the
+stages themselves resume inside: shard jobs, training from last.ckpt).
+
+Settings: `DemoConfig` below (defaults = the full demo); configs/demo/quick.yaml states what the
+quick run changes. Model, training, evaluation and planner settings are read from their own
+configs (configs/model/tiny.yaml, configs/train/tiny.yaml, configs/eval/tiny.yaml,
+configs/plan/default.yaml), never copied here.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dexwm.io import atomic_write_json
 
 EMBODIMENTS = ("allegro", "shadow", "panda_gripper")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
+MODEL, TRAIN = REPO / "configs/model/tiny.yaml", REPO / "configs/train/tiny.yaml"
 
 
 @dataclass
 class DemoConfig:
+    """The main job on the built-in default data.
+
+    Args:
+        out: run folder.
+        episodes: exploration episodes per embodiment (training).
+        heldout: held-out episodes per embodiment (evaluation).
+        frames: frames per episode, 10 Hz.
+        size: frame side in pixels.
+        train_steps: training steps of the tiny model.
+        batch_size: training batch size.
+        eval: evaluation config file (None: the DexWM protocol's defaults); its data,
+            checkpoint and out_dir are the demo's.
+        eval_horizon: rollout steps of 0.2 s.
+        eval_clips: clips per held-out source.
+        probe_steps: keypoint-probe training steps (evaluation model).
+        decoder_steps: pixel-decoder training steps (evaluation model).
+        plan: planning config whose policies are the demo's planner (random and the oracle join).
+        plan_episodes: planning episodes per task.
+        plan_max_steps: control steps per episode (None: the task's budget).
+        workers: parallel processes for data preparation.
+        seed: data seed.
+        fresh: stages to redo ('sim data', features, train, evaluate, plan); the others are
+            reused when finished.
+    """
+
     out: str = "runs/demo"
     episodes: dict[str, int] = field(
         default_factory=lambda: {"allegro": 160, "shadow": 100, "panda_gripper": 100}
     )
-    heldout: int = 24  # held-out episodes per embodiment (evaluation)
-    frames: int = 40  # frames per episode, 10 Hz
+    heldout: int = 24
+    frames: int = 40
     size: int = 128
     train_steps: int = 900
     batch_size: int = 32
-    eval_horizon: int = 15  # steps of 0.2 s
-    eval_clips: int = 96  # per held-out source
-    probe_steps: int = 600  # keypoint probe and pixel decoder training (evaluation models)
+    eval: str | None = None
+    eval_horizon: int = 15
+    eval_clips: int = 96
+    probe_steps: int = 600
     decoder_steps: int = 500
-    plan_episodes: int = 3  # per task
-    plan_samples: int = 64
-    plan_iterations: int = 3
-    plan_max_steps: int | None = None  # control steps per episode (None: the task's budget)
+    plan: str = str(REPO / "configs/plan/default.yaml")
+    plan_episodes: int = 3
+    plan_max_steps: int | None = None
     workers: int = 2
     seed: int = 0
-    quick: bool = False
-
-    @classmethod
-    def small(cls, out: str = "runs/demo_quick") -> DemoConfig:
-        """A few minutes on 2 cores: the whole pipeline, every stage, tiny amounts (CI)."""
-        return cls(
-            out=out, episodes={"allegro": 16, "shadow": 8, "panda_gripper": 8}, heldout=4, frames=24,
-            train_steps=40, batch_size=16, eval_horizon=6, eval_clips=8, probe_steps=30, decoder_steps=30,
-            plan_episodes=1, workers=1,
-            plan_samples=16, plan_iterations=2, plan_max_steps=6, quick=True,
-        )  # fmt: skip
+    fresh: list[str] = field(default_factory=list)
 
 
 class Stages:
@@ -73,16 +96,12 @@ class Stages:
 
 
 def stage_sim(cfg: DemoConfig, out: Path) -> dict:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     from data_prep.sim_episodes import main as sim_episodes
 
     result = {}
     # Each job renders in a fresh process: OpenGL contexts of several robots (and later imports)
     # never share one process, and the demo process itself never opens one.
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), max_tasks_per_child=1) as pool:
         for emb in EMBODIMENTS:
             for split, n, start in (
                 ("train", cfg.episodes[emb], 0),
@@ -98,16 +117,17 @@ def stage_sim(cfg: DemoConfig, out: Path) -> dict:
 
 
 def stage_features(cfg: DemoConfig, out: Path) -> dict:
+    from dexwm.config import load
     from dexwm.data.feature_cache import cache_features
     from dexwm.models.encoders import FrozenEncoder
     from dexwm.training.module import WorldModelModule
 
-    spec = WorldModelModule.from_config(str(REPO / "configs/model/tiny.yaml")).wm.encoder_spec
+    spec = load(WorldModelModule, MODEL, section="model").wm.encoder_spec.to_dict()
     result = {}
     for split in ("train", "heldout"):
         for emb in EMBODIMENTS:
             src, dst = out / "shards" / split / emb, out / "feats" / split / emb
-            man = cache_features(str(src), dst, spec.to_dict(), FrozenEncoder, workers=cfg.workers)
+            man = cache_features(str(src), dst, spec, FrozenEncoder, workers=cfg.workers)
             result[f"{split}/{emb}"] = {"folder": str(dst), **man["counts"]}
     return result
 
@@ -117,7 +137,7 @@ def train_args(cfg: DemoConfig, out: Path) -> list[str]:
     val = [{"paths": [str(out / "feats/heldout" / e)], "name": e} for e in EMBODIMENTS]
     every = max(10, cfg.train_steps // 4)
     return [
-        "fit", "--config", str(REPO / "configs/model/tiny.yaml"), "--config", str(REPO / "configs/train/tiny.yaml"),
+        "--config", str(MODEL), "--config", str(TRAIN),
         "--data.train", json.dumps(train), "--data.val", json.dumps(val),
         "--data.batch_size", str(cfg.batch_size), "--data.epoch_batches", str(every),
         "--trainer.max_steps", str(cfg.train_steps), "--trainer.val_check_interval", str(every),
@@ -129,61 +149,51 @@ def train_args(cfg: DemoConfig, out: Path) -> list[str]:
 def stage_train(cfg: DemoConfig, out: Path) -> dict:
     import torch
 
-    from dexwm.training.cli import WorldModelCLI
+    from dexwm.training.cli import fit
 
     ckpt = out / "train" / "checkpoints" / "last.ckpt"
     done = ckpt.exists() and torch.load(ckpt, weights_only=True)["global_step"] >= cfg.train_steps
     if not done:
-        WorldModelCLI(args=train_args(cfg, out))
+        fit(train_args(cfg, out))
     logs = sorted((out / "train" / "logs").glob("version_*/metrics.csv"))
     return {"checkpoint": str(ckpt), "metrics": [str(p) for p in logs], "steps": cfg.train_steps}
 
 
 def stage_eval(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
-    from dexwm.evaluation.pixel_decoder import DecoderConfig
-    from dexwm.evaluation.probe import ProbeConfig
-    from dexwm.evaluation.runner import run_eval
+    from dexwm.evaluation import run_eval
 
     data = [{"paths": [str(out / "feats/heldout" / e)], "name": e} for e in EMBODIMENTS]
     res = run_eval(
-        checkpoint=ckpt, data=data, out_dir=str(out / "eval"), horizon=cfg.eval_horizon,
-        max_clips=cfg.eval_clips, progress=True, probe=ProbeConfig(steps=cfg.probe_steps),
-        decoder=DecoderConfig(steps=cfg.decoder_steps),
+        cfg.eval, checkpoint=ckpt, data=data, out_dir=str(out / "eval"), horizon=cfg.eval_horizon,
+        max_clips=cfg.eval_clips, probe={"steps": cfg.probe_steps},
+        decoder={"steps": cfg.decoder_steps},
     )  # fmt: skip
     return {"folder": str(out / "eval"), "results": str(out / "eval" / "results.json"),
             "seconds_inside": res.get("seconds")}  # fmt: skip
 
 
 def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
-    from dexwm.control import MPCPolicy
+    from dexwm.config import load
+    from dexwm.control import evaluate
     from dexwm.control.baselines import OraclePolicy, RandomPolicy
-    from dexwm.control.episodes import evaluate
-    from dexwm.planning import CEM
 
-    planner = CEM(samples=cfg.plan_samples, elites=max(2, cfg.plan_samples // 8),
-                  iterations=cfg.plan_iterations)  # fmt: skip
-    policies = [  # the search settings of configs/plan/default.yaml
-        MPCPolicy(planner, name="cem", horizon=3, execute=2, std_arm=0.08, std_hand=0.1,
-                  max_step_arm=0.15, max_step_hand=0.3),  # fmt: skip
-        RandomPolicy(),
-        OraclePolicy(),
-    ]  # fmt: skip
-    res = evaluate(
-        policies, episodes=cfg.plan_episodes, checkpoint=ckpt, out=out / "plan", workers=1,
-        threads=max(1, os.cpu_count() or 1), max_steps=cfg.plan_max_steps, resume=True,
+    run = load(
+        evaluate, cfg.plan, episodes=cfg.plan_episodes, max_steps=cfg.plan_max_steps,
+        out=str(out / "plan"), workers=1, threads=max(1, os.cpu_count() or 1), resume=True,
     )  # fmt: skip
+    run["policies"] += [RandomPolicy(), OraclePolicy()]
+    res = evaluate(**run, checkpoint=ckpt)
     return {"folder": str(out / "plan"), "summary": res["summary"]}
 
 
-def run_demo(cfg: DemoConfig, fresh: list[str] | None = None) -> Path:
-    """Run every stage (reusing finished ones unless named in `fresh`); returns the report path."""
+def run_demo(cfg: DemoConfig) -> Path:
+    """Run every stage (reusing finished ones unless named in `cfg.fresh`); returns the report."""
     from demo_report import write_report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "demo_config.json", asdict(cfg))
     stages = Stages(out)
-    fresh = set(fresh or [])
+    fresh = set(cfg.fresh)
     t0 = time.time()
     stages.run("sim data", lambda: stage_sim(cfg, out), "sim data" in fresh)
     stages.run("features", lambda: stage_features(cfg, out), "features" in fresh)

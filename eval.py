@@ -12,21 +12,21 @@ and cosine in the model's normalised feature space (raw-space numbers in the JSO
 keypoint probe (trained on true features of the held-in shards, cached) on predicted features;
 beside them copy-last-frame, shuffled-actions and zeroed-actions baselines and any `--compare`
 checkpoints, as ratios to the model. Writes <out_dir>/results.json (every number + the config),
-results.md, error_vs_horizon.png, pck_vs_horizon.png, strips/*.png and videos/*.mp4 (context |
-truth | prediction, through a small pixel decoder). From Python: dexwm.evaluation.run_eval(...).
+results.md, error_vs_horizon.png, pck_vs_horizon.png, strips/*.png, videos/*.mp4 (context |
+truth | prediction, through a small pixel decoder) and config.yaml. From Python:
+dexwm.evaluation.run_eval(...).
 """
 
-from jsonargparse import CLI
-
+from dexwm.config import parse
 from dexwm.evaluation import EvalConfig, run_eval
 
 
-def main() -> None:
-    cfg = CLI(EvalConfig, as_positional=False)
-    res = run_eval(cfg)
+def main(argv: list[str] | None = None) -> dict:
+    res = run_eval(parse(EvalConfig, argv))
     print(f"wrote {res['files']['markdown']} ({res['seconds']} s)")
     for group, checks in res["checks"].items():
         print(group, checks)
+    return res
 
 
 if __name__ == "__main__":

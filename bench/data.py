@@ -71,7 +71,7 @@ def bench_hand_extraction(
     """frames/s of decode + MediaPipe (both hands, tracking mode) at each detection size (long
     side), and of the full per-input preparation (data_prep.human_video.process_video: every
     frame, default detection size, PnP, 224x392 H.264 output, start-up included)."""
-    from data_prep.human_video import HumanVideoConfig, detection_size, process_video
+    from dexwm.prep.human_video import HumanVideoConfig, detection_size, process_video
     from dexwm.prep.video_inputs import open_clip
 
     with tempfile.TemporaryDirectory() as tmp:

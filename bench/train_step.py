@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dexwm.config import load
 from dexwm.data.clips import ClipConfig
 from dexwm.data.feature_cache import cache_features
 from dexwm.data.loader import DataSource, make_loader
@@ -96,7 +97,7 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    module = WorldModelModule.from_config(args.preset)
+    module = load(WorldModelModule, args.preset, section="model")
     spec = module.wm.encoder_spec
     import yaml
 

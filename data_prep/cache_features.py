@@ -33,7 +33,7 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from dexwm.config import parse
 
-    manifest = CLI(main, as_positional=False)
+    manifest = main(**parse(main))
     print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))

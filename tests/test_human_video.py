@@ -20,13 +20,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 from test_hands import toy_hand
 
-from data_prep.human_video import (
-    DetectedClip,
-    HumanVideoConfig,
-    clip_to_samples,
-    main,
-    process_video,
-)
+from data_prep.human_video import main
 from dexwm.data.schema import validate_sample
 from dexwm.data.shards import read_manifest, run_shard_job, shard_paths
 from dexwm.data.video import decode_video, encode_mp4
@@ -34,6 +28,7 @@ from dexwm.embodiment import project
 from dexwm.keypoints import LEFT, RIGHT
 from dexwm.prep.hand_fit import cover_crop, intrinsics_from_fov, transform_intrinsics
 from dexwm.prep.hands import HandTrack
+from dexwm.prep.human_video import DetectedClip, HumanVideoConfig, clip_to_samples, process_video
 from dexwm.prep.video_inputs import list_inputs, open_clip
 
 REPO = Path(__file__).resolve().parents[1]

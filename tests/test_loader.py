@@ -9,9 +9,10 @@ from _data import synthetic_shards
 
 from dexwm.data.actions import keypoint_actions
 from dexwm.data.clips import ClipConfig, make_clips, sample_indices
-from dexwm.data.loader import BAD, DataSource, ShardError, expand_paths, make_loader
+from dexwm.data.loader import DataSource, expand_paths, make_loader
 from dexwm.data.schema import SchemaError
 from dexwm.data.shards import samples_to_tar_bytes, shard_paths
+from dexwm.data.stages import BAD, ShardError
 from dexwm.data.stats import compute_stats
 from dexwm.data.synthetic import make_episode
 

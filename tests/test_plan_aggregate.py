@@ -15,9 +15,9 @@ import torch  # noqa: E402
 from _plan import tiny_model  # noqa: E402
 
 from dexwm.control import JointSpace, MPCPolicy, evaluate, run_episode
-from dexwm.control.aggregate import write_episode_shard  # noqa: E402
 from dexwm.control.baselines import HoldPolicy, OraclePolicy, RandomPolicy  # noqa: E402
 from dexwm.control.bc import BCPolicy, train_goal_bc  # noqa: E402
+from dexwm.control.collect import write_episode_shard  # noqa: E402
 from dexwm.data.clips import ClipConfig, make_clips  # noqa: E402
 from dexwm.data.schema import validate_sample  # noqa: E402
 from dexwm.models.encoders import EncoderSpec, FrozenEncoder  # noqa: E402

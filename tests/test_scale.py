@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from dexwm.config import load
 from dexwm.training.cli import WorldModelCLI
 from dexwm.training.module import WorldModelModule, scaled_lr
 
@@ -29,11 +30,10 @@ def test_paper_config_instantiates_at_dexwm_size(tmp_path):
 
 def test_paper_step_runs_on_cpu_at_reduced_size():
     torch.manual_seed(0)
-    module = WorldModelModule.from_config(PAPER[0])
-    small = dict(module.wm.pred_cfg.__dict__, depth=2, dim=128, heads=4)
-    module = WorldModelModule.from_config(
-        PAPER[0], predictor=small, hand_head={"dim": 64, "depth": 1, "heads": 4}
-    )
+    module = load(
+        WorldModelModule, PAPER[0], section="model",
+        predictor={"depth": 2, "dim": 128, "heads": 4}, hand_head={"dim": 64, "depth": 1, "heads": 4},
+    )  # fmt: skip
     assert module.wm.pred_cfg.grad_checkpointing
     B, T = 1, 9
     batch = {

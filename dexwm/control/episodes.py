@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +131,7 @@ def _run_job(job: tuple[int, str, int]) -> dict:
         observations=seen,
     )  # fmt: skip
     if seen is not None:
-        from dexwm.control.aggregate import write_episode_shard
+        from dexwm.control.collect import write_episode_shard
 
         name = f"{policy.name}_{task}_{index:02d}"
         record["shard"] = write_episode_shard(_WORKER["rig"], seen, opts["collect_dir"], name)
@@ -155,7 +156,7 @@ def evaluate(
     stop_on_success: bool = True,
     resume: bool = False,
     collect: str | Path | None = None,
-    on_record=None,
+    on_record: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every policy on `episodes` (a count from 0, or indices) of every task; returns
     {"episodes": [records], "summary": {policy: {task: {...}}}, "config": {...}} and writes it
@@ -282,15 +283,9 @@ def plot_budget(summary: dict, png: Path) -> None:
 def load_policies(config: str | Path) -> list[Policy]:
     """The `policies:` of a plan config (configs/plan/*.yaml), instantiated, e.g. for
     `evaluate(load_policies("configs/plan/default.yaml"), episodes=5, checkpoint=...)`."""
-    import yaml
-    from jsonargparse import ArgumentParser
+    from dexwm.config import load
 
-    spec = yaml.safe_load(Path(config).read_text()).get("policies")
-    if not spec:
-        raise ValueError(f"{config}: no 'policies:' list")
-    p = ArgumentParser()
-    p.add_argument("--policies", type=list[Policy])
-    return p.instantiate(p.parse_object({"policies": spec})).policies
+    return load(evaluate, config)["policies"]
 
 
 # ---- summaries --------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from dataclasses import asdict
 import lightning as L
 
 from dexwm.data.clips import ClipConfig
-from dexwm.data.loader import BAD, DataSource, Epoch, make_loader, source_from
+from dexwm.data.loader import DataSource, make_loader, source_from
+from dexwm.data.stages import BAD, Epoch
 
 
 class ShardDataModule(L.LightningDataModule):

@@ -20,8 +20,9 @@ import tarfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +32,56 @@ from dexwm.io import atomic_write_bytes, atomic_write_json, sha256_file
 PARTS = ".parts"
 JOB_FILE = ".job.json"
 MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardJob:
+    """What every preparation command shares; a command's settings subclass it.
+
+    Args:
+        out: output folder for the shards and manifest.json.
+        items_per_shard: inputs per shard file.
+        workers: parallel processes.
+        overwrite: replace a different earlier job in `out`.
+        progress: show a progress bar.
+    """
+
+    out: Path
+    items_per_shard: int = 16
+    workers: int = 1
+    overwrite: bool = False
+    progress: bool = True
+    # settings that do not decide the shards' content (e.g. where model files were found)
+    not_content: ClassVar[tuple[str, ...]] = ()
+
+    def settings(self) -> dict:
+        """What decides the shards' content, as plain data: recorded in the manifest, and a
+        re-run with other settings is another job (a re-run with more workers is the same)."""
+        skip = {f.name for f in fields(ShardJob)} | set(self.not_content)
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+
+    def run(
+        self,
+        items: Sequence[tuple[str, Any]],
+        process: Callable[[Any], list[dict]],
+        desc: str,
+        prefix: str = "shard",
+        extra: dict | None = None,
+    ) -> dict:
+        """`run_shard_job` with these settings (+ `extra` plain data) as the job's config."""
+        return run_shard_job(
+            items, process, self.out, config={**self.settings(), **(extra or {})},
+            items_per_shard=self.items_per_shard, workers=self.workers, prefix=prefix, desc=desc,
+            overwrite=self.overwrite, progress=self.progress,
+        )  # fmt: skip
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    return v
 
 
 class Skip(Exception):
@@ -257,3 +308,22 @@ def shard_paths(folder: str | Path) -> list[str]:
     """Shard files listed in a folder's manifest, as paths."""
     folder = Path(folder)
     return [str(folder / s["name"]) for s in read_manifest(folder)["shards"]]
+
+
+def record_notes(out: str | Path) -> dict:
+    """Add to manifest.json the notes (trimmed, truncated, dropped segments) that samples carry in
+    meta.json, one entry per input; rewrites the manifest atomically, so it stays written last."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    notes: dict[str, list[str]] = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(out / shard["name"]) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".meta.json"):
+                    meta = json.load(tar.extractfile(m))
+                    if meta.get("notes"):
+                        notes[meta["item_key"]] = meta["notes"]
+    manifest["notes"] = [{"key": k, "notes": v} for k, v in sorted(notes.items())]
+    manifest["counts"]["items_with_notes"] = len(notes)
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest

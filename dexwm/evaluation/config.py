@@ -1,5 +1,5 @@
 """Evaluation configuration: one dataclass (its defaults are the DexWM protocol), read by eval.py
-through jsonargparse and by `eval_config` from YAML files + overrides for Python callers."""
+and by `eval_config` (YAML files + overrides, for Python callers) through `dexwm.config`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from dexwm.data.loader import DataSource, source_from
+from dexwm.config import load
+from dexwm.data.loader import DataSource
 from dexwm.evaluation.baselines import BASELINES
 from dexwm.evaluation.metrics import DEXWM_PCK_PX
 from dexwm.evaluation.pixel_decoder import DecoderConfig
@@ -44,31 +43,11 @@ class EvalConfig:
     progress: bool = True
 
 
-def _merge(base: dict, new: dict) -> dict:
-    out = dict(base)
-    for k, v in new.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def eval_config(cfg: EvalConfig | str | Path | list | None = None, **overrides) -> EvalConfig:
     """An EvalConfig from an EvalConfig, YAML file(s) (later ones win) or nothing, updated by
-    `overrides`; nested dicts become ProbeConfig / DecoderConfig / DataSource."""
+    `overrides` (plain values or nested dicts, as on the command line)."""
     if isinstance(cfg, EvalConfig):
-        d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        configs = [dataclasses.asdict(cfg)]
     else:
-        d = {}
-        for p in [] if cfg is None else cfg if isinstance(cfg, list | tuple) else [cfg]:
-            d = _merge(d, yaml.safe_load(Path(p).read_text()) or {})
-    for k, v in overrides.items():
-        d[k] = _merge(d[k], v) if isinstance(v, dict) and isinstance(d.get(k), dict) else v
-    for k, cls in (("probe", ProbeConfig), ("decoder", DecoderConfig)):
-        if isinstance(d.get(k), dict):
-            d[k] = cls(**d[k])
-    for k in ("data", "train_data"):
-        if d.get(k) is not None:
-            d[k] = [source_from(s) for s in d[k]]
-    missing = [k for k in ("checkpoint", "data") if d.get(k) is None]
-    if missing:
-        raise ValueError(f"evaluation config lacks {missing}")
-    return EvalConfig(**d)
+        configs = [] if cfg is None else list(cfg) if isinstance(cfg, list | tuple) else [cfg]
+    return load(EvalConfig, *configs, **overrides)

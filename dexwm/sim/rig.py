@@ -22,13 +22,13 @@ from dexwm.sim import tasks
 from dexwm.sim.camera import Camera
 from dexwm.sim.control import IK
 from dexwm.sim.grasps import HandShapes
+from dexwm.sim.objects import Objects
 from dexwm.sim.robots import GRIPPER, GRIPPER_ACTUATOR
-from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, OBJECTS, build_model, object_body
+from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, build_model, object_body
 
 CONTROL_HZ = 10.0
 CTRL_UPDATES = 10  # control targets are ramped in this many pieces per step
 FINGER_OPEN = 0.04  # Panda finger travel (m)
-HIDDEN_GROUP = 5  # geom group not drawn by default: parked objects live there
 
 
 class SimulationError(RuntimeError):
@@ -74,11 +74,8 @@ class Rig:
         self.hand_bodies = {b for b in range(m.nbody) if self._descends(b, root)}
         objects = {m.body(object_body(n)).id for n in OBJECT_NAMES}
         self.robot_bodies = set(range(1, m.nbody)) - objects
-        self._obj_geom = {n: m.geom(object_body(n) + "/geom").id for n in OBJECT_NAMES}
-        self._obj_qadr = {n: m.joint(object_body(n) + "/free").qposadr[0] for n in OBJECT_NAMES}
-        self._obj_dofadr = {n: m.joint(object_body(n) + "/free").dofadr[0] for n in OBJECT_NAMES}
-        self._obj_body = {n: m.body(object_body(n)).id for n in OBJECT_NAMES}
-        self._obj_group = {n: int(m.geom_group[g]) for n, g in self._obj_geom.items()}
+        self.objects = Objects(m)
+        self.object: str | None = None  # the active object's name
 
         mujoco.mj_forward(m, self.data)
         cam = m.camera(CAMERA_NAME).id
@@ -96,7 +93,6 @@ class Rig:
         self._fk = None
         self.hand_shapes = HandShapes(self) if embodiment == "allegro" else None
         self.episode: tasks.Episode | None = None
-        self.object: str | None = None
         self.target = self.home.copy()
         self.history: list[dict] = []  # per control step: measures + success flags
 
@@ -143,30 +139,12 @@ class Rig:
         self._pose_objects(self.data, name, pose)
 
     def _activate(self, name: str) -> str | None:
-        """Model-side switch to object `name` (visible, colliding, under gravity); returns the
-        previously active object."""
-        if name not in OBJECT_NAMES:
-            raise ValueError(f"unknown object {name!r}; known: {OBJECT_NAMES}")
-        m, previous = self.model, self.object
-        for other in OBJECT_NAMES:
-            g, active = self._obj_geom[other], other == name
-            m.geom_contype[g] = m.geom_conaffinity[g] = 1 if active else 0
-            m.geom_group[g] = self._obj_group[other] if active else HIDDEN_GROUP
-            m.body_gravcomp[self._obj_body[other]] = 0.0 if active else 1.0
-        self.object = name
+        """Model-side switch to object `name`; returns the previously active object."""
+        previous, self.object = self.object, self.objects.activate(self.model, name)
         return previous
 
     def _pose_objects(self, data, name: str, pose: tuple[np.ndarray, float] | None) -> None:
-        spec = OBJECTS[OBJECT_NAMES.index(name)]
-        pos, yaw = pose if pose is not None else ((0.5, 0.0, spec.rest_z), 0.0)
-        for i, other in enumerate(OBJECT_NAMES):
-            qa, da = self._obj_qadr[other], self._obj_dofadr[other]
-            data.qvel[da : da + 6] = 0.0
-            if other == name:
-                data.qpos[qa : qa + 3] = pos
-                data.qpos[qa + 3 : qa + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
-            else:  # parked under the table, side by side
-                data.qpos[qa : qa + 7] = [0.0, 2.0 + 0.3 * i, -0.5, 1, 0, 0, 0]
+        self.objects.pose(data, name, pose)
 
     def state_data(self, joints: np.ndarray, name: str, pose) -> mujoco.MjData:
         """A scratch MjData at joints (J,) with object `name` at `pose`, after mj_forward (so
@@ -202,24 +180,15 @@ class Rig:
 
     def object_position(self) -> np.ndarray:
         """(3,) world position of the active object's centre."""
-        return self.data.xpos[self._obj_body[self.object]].copy()
+        return self.objects.position(self.data, self.object)
 
     def object_yaw(self) -> float:
         """Rotation of the active object about the world z axis (rad)."""
-        qa = self._obj_qadr[self.object]
-        w, x, y, z = self.data.qpos[qa + 3 : qa + 7]
-        return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+        return self.objects.yaw(self.data, self.object)
 
     def hand_object_contact(self) -> bool:
         """Is any geom of the hand touching the active object?"""
-        d, g_obj = self.data, self._obj_geom[self.object]
-        for i in range(d.ncon):
-            g1, g2 = d.contact.geom1[i], d.contact.geom2[i]
-            if g_obj in (g1, g2):
-                other = g2 if g1 == g_obj else g1
-                if int(self.model.geom_bodyid[other]) in self.hand_bodies:
-                    return True
-        return False
+        return self.objects.touches(self.model, self.data, self.object, self.hand_bodies)
 
     # ---- control ----------------------------------------------------------------------------
 

@@ -83,26 +83,6 @@ class WorldModelModule(L.LightningModule):
                 raise ValueError(f"{init_from}: encoder shape differs from this model's")
             self.wm.load_state_dict(src.state_dict())
 
-    @classmethod
-    def from_config(cls, *yaml_paths: str, **overrides) -> WorldModelModule:
-        """Build from the `model:` sections of YAML configs (later files win), e.g. a size preset."""
-        import yaml
-
-        cfg: dict = {}
-        for p in yaml_paths:
-            model = (yaml.safe_load(Path(p).read_text()) or {}).get("model", {})
-            for k, v in model.items():
-                cfg[k] = (
-                    {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-                )
-        cfg.update(overrides)
-        types = {"encoder": EncoderSpec, "predictor": PredictorConfig, "hand_head": HandHeadConfig,
-                 "loss": LossConfig, "optim": OptimConfig}  # fmt: skip
-        kwargs = {
-            k: types[k](**v) if k in types and isinstance(v, dict) else v for k, v in cfg.items()
-        }
-        return cls(**kwargs)
-
     # ----- setup ------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self.trainer else None
