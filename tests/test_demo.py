@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a few minutes: its own CI step (.ci/run); tests/test_end_to_end_tiny.py is the fast one
 def test_demo_quick_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, str(ROOT / "demo.py"), "--quick", "--out", str(out), "--workers", "1"]

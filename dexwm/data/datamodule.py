@@ -1,4 +1,4 @@
-"""Lightning data module over shard sources (see dexwm/loader.py for the pipeline itself)."""
+"""Lightning data module over shard sources (see dexwm/data/loader.py for the pipeline itself)."""
 
 from __future__ import annotations
 

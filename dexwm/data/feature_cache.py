@@ -5,7 +5,7 @@ epoch into pure predictor work. The encoder is handed in (`build(spec)`, e.g.
 `dexwm.models.encoders.FrozenEncoder`): uint8 frames (B, H, W, 3) -> features (B, N, D), with
 `describe()` naming it; the data layer never imports the model layer. Output shards mirror the input shards one to one; meta.json gains an
 `encoder` entry (name, weights, input size, weights checksum, token grid). Resumable: shards already
-written are skipped (see dexwm/shards.py).
+written are skipped (see dexwm/data/shards.py).
 """
 
 from __future__ import annotations
