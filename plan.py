@@ -7,6 +7,7 @@ Usage:
   python plan.py eval --config configs/plan/baselines.yaml --out runs/plan/baselines   # random, oracle, BC
   python plan.py bc --shards runs/plan/feats/allegro --out runs/plan/bc.pt          # train the BC baseline
   python plan.py aggregate --config configs/plan/aggregate.yaml --checkpoint CKPT   # model-based RL rounds
+  python plan.py diagnose --config configs/plan/default.yaml --checkpoint CKPT --episodes 6  # why
   python plan.py eval --print_config                                                # every option
 
 `eval` writes episodes.jsonl, summary.json, summary.md, GIFs (camera | goal) and the resolved
@@ -24,9 +25,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering on a machine wi
 from dexwm.config import parse  # noqa: E402
 from dexwm.control.aggregate import aggregate  # noqa: E402
 from dexwm.control.bc import train_goal_bc  # noqa: E402
+from dexwm.control.diagnostics import diagnose  # noqa: E402
 from dexwm.control.episodes import evaluate, summary_markdown  # noqa: E402
 
-COMMANDS = {"eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate}
+COMMANDS = {"eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate, "diagnose": diagnose}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -40,7 +40,7 @@ def test_episodes_are_seeded_and_distinct(rig):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_success_fires_on_oracle_final_state_not_initial(rig, task):
-    episode = {"reach": 4, "grasp": 11, "place": 5}[task]
+    episode = {"reach": 4, "grasp": 11, "place": 5, "pick_place": 5}[task]
     rig.reset(task, episode, render=False)
     for _ in range(HOLD_STEPS + 2):  # holding the start pose never succeeds
         rig.step(rig.home, render=False)
@@ -49,6 +49,51 @@ def test_success_fires_on_oracle_final_state_not_initial(rig, task):
     assert result["dexwm"] and result["strict"], result
     assert rig.success("dexwm") and rig.success("strict")
     assert len(rig.history) <= rig.episode.max_steps
+
+
+def test_place_starts_grasped_and_lifted_pick_place_on_the_table(rig):
+    obs = rig.reset("place", 3)
+    rest_z = rig.episode.object_pose[0][2]
+    assert rig.object_position()[2] > rest_z + 0.05 and rig.hand_object_contact()
+    assert rig.history == [] and np.array_equal(obs["commanded"], rig.target)
+    # the same layout as the scripted grasp left it, every time (seeded, no rendering involved)
+    first = rig.object_position()
+    rig.reset("place", 3)
+    np.testing.assert_array_equal(rig.object_position(), first)
+    rig.reset("pick_place", 3)
+    assert abs(rig.object_position()[2] - rig.episode.object_pose[0][2]) < 0.005
+    assert not rig.hand_object_contact()
+
+
+def test_staged_goal_images(rig):
+    """grasp: closed around the object on the table, then the lifted goal; pick_place: grasped,
+    lifted, placed; reach and place: the goal only."""
+    counts = {"reach": 1, "grasp": 2, "place": 1, "pick_place": 3}
+    for task, n in counts.items():
+        images = rig.goal_images(task, 1)
+        assert len(images) == n
+        np.testing.assert_array_equal(images[-1], rig.goal_image(task, 1))
+    held, lifted = rig.goal_images("grasp", 1)
+    assert np.abs(held.astype(int) - lifted.astype(int)).mean() > 1
+
+
+def test_snapshot_restore_replays_exactly(rig):
+    """The perfect model's premise: from a restored snapshot the same targets give the same
+    physics and the same pictures, and the task history is rewound too."""
+    rig.reset("grasp", 1)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        rig.step(rig.target + rng.normal(0, 0.05, 23), render=False)
+    snap = rig.snapshot()
+    targets = [rig.target + rng.normal(0, 0.05, 23) for _ in range(4)]
+    first = [rig.step(q)["image"] for q in targets]
+    qpos, n = rig.data.qpos.copy(), len(rig.history)
+    rig.restore(snap)
+    assert len(rig.history) == 3
+    again = [rig.step(q)["image"] for q in targets]
+    np.testing.assert_array_equal(rig.data.qpos, qpos)
+    assert len(rig.history) == n
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
 
 
 def test_goal_image_shows_goal_state_without_disturbing_sim(rig):

@@ -12,8 +12,9 @@ from dexwm.control.episodes import evaluate, load_policies, run_episode
 from dexwm.control.joint_space import JointSpace
 from dexwm.control.model_rollout import ModelRollout, replicate, split_sizes
 from dexwm.control.policy import MPCPolicy, Policy
+from dexwm.control.staged import Staged
 
 __all__ = [
     "JointSpace", "MPCPolicy", "ModelRollout", "Policy", "evaluate", "load_policies",
-    "replicate", "run_episode", "split_sizes",
+    "Staged", "replicate", "run_episode", "split_sizes",
 ]  # fmt: skip

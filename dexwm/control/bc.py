@@ -189,9 +189,20 @@ class BCPolicy(Policy):
         super().reset(rig, goal_image, obs)
         check_goal_image(goal_image, obs["image"])
         self.setup()
+        self.retarget(goal_image, obs)
+        self.limits = torch.as_tensor(rig.joint_limits, dtype=torch.float32)
+
+    def retarget(self, goal_image: np.ndarray, obs: dict) -> None:
+        check_goal_image(goal_image, obs["image"])
         with torch.no_grad():
             self.goal = self.encoder(torch.from_numpy(goal_image)[None]).float()  # (1, N, D)
-        self.limits = torch.as_tensor(rig.joint_limits, dtype=torch.float32)
+
+    @torch.no_grad()
+    def goal_distance(self, obs: dict) -> float:
+        """Mean squared difference of the frame's features to the goal's (the BC encoder's,
+        scaled by the network's feature statistics)."""
+        feats = self.encoder(torch.from_numpy(obs["image"])[None]).float()
+        return float(((feats - self.goal) / self.net.feat_std).square().mean())
 
     @torch.no_grad()
     def plan(self, obs: dict, horizon: int | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ import numpy as np
 from dexwm.control.policy import Policy
 
 TIMING_KEYS = ("plan_s_per_step", "plan_s_per_call")
+ORDER = ("reach", "grasp", "place", "all", "pick_place")  # rows of the summaries
 
 
 def run_episode(
@@ -156,14 +157,19 @@ def evaluate(
     stop_on_success: bool = True,
     resume: bool = False,
     collect: str | Path | None = None,
+    ceiling: bool = False,
     on_record: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run every policy on `episodes` (a count from 0, or indices) of every task; returns
     {"episodes": [records], "summary": {policy: {task: {...}}}, "config": {...}} and writes it
     to `out` (see the module docstring). `collect`: also write every episode as a shard (schema
-    v1) into this folder, for data aggregation. `on_record(record)` is called as episodes finish."""
+    v1) into this folder, for data aggregation. `ceiling`: also run every model-based policy with
+    the simulator as its model (`<name>-perfect`: same planner, cost and budget), its ceiling.
+    `on_record(record)` is called as episodes finish."""
     from dexwm.sim.tasks import N_EPISODES, TASKS
 
+    if ceiling:
+        policies = list(policies) + [p for p in map(perfect_model, policies) if p is not None]
     names = [p.name for p in policies]
     if not policies or len(set(names)) != len(names):
         raise ValueError(f"give at least one policy, with unique names; got {names}")
@@ -234,9 +240,30 @@ def evaluate(
     if out is not None:
         (out / "summary.json").write_text(json.dumps(result["summary"], indent=1))
         (out / "summary.md").write_text(summary_markdown(result["summary"]))
-        if len({s["all"]["evaluations_per_step"] for s in result["summary"].values()}) > 1:
+        budgets = {
+            (s.get("all") or next(iter(s.values())))["evaluations_per_step"]
+            for s in result["summary"].values()
+        }
+        if len(budgets) > 1:
             plot_budget(result["summary"], out / "budget.png")
     return result
+
+
+def perfect_model(policy: Policy) -> Policy | None:
+    """A copy of a model-based policy (MPC, possibly staged) that plans with the simulator as
+    its model, named `<name>-perfect`; None for policies without a model."""
+    import copy
+
+    from dexwm.control.policy import MPCPolicy
+    from dexwm.control.staged import Staged
+
+    inner = policy.policy if isinstance(policy, Staged) else policy
+    if not isinstance(inner, MPCPolicy):
+        return None
+    twin = copy.deepcopy(policy)
+    (twin.policy if isinstance(twin, Staged) else twin).model = "simulator"
+    twin.name = f"{policy.name}-perfect"
+    return twin
 
 
 def plot_budget(summary: dict, png: Path) -> None:
@@ -247,7 +274,7 @@ def plot_budget(summary: dict, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in ("reach", "grasp", "place", "all") if any(t in s for s in summary.values())]
+    tasks = [t for t in ORDER if any(t in s for s in summary.values())]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         rows = sorted(
@@ -299,10 +326,13 @@ def _mean(values: list) -> float | None:
 def summarize(records: list[dict]) -> dict:
     """{policy: {task: stats, "all": stats}}: episodes, success rates under both threshold sets,
     mean final distance / lift, planning time per control step, candidates rolled out per step."""
+    from dexwm.sim.tasks import DEXWM_TASKS
+
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["policy"], r["task"])].append(r)
-        groups[(r["policy"], "all")].append(r)
+        if r["task"] in DEXWM_TASKS:  # "all": DexWM's three tasks (pick_place on its own)
+            groups[(r["policy"], "all")].append(r)
     out: dict[str, dict] = defaultdict(dict)
     for (policy, task), rs in groups.items():
         steps = sum(r["steps"] for r in rs)
@@ -331,7 +361,7 @@ def summary_markdown(summary: dict) -> str:
 
     rows = []
     for policy, tasks in summary.items():
-        for task in [t for t in ("reach", "grasp", "place", "all") if t in tasks]:
+        for task in [t for t in ORDER if t in tasks]:
             s = tasks[task]
             rows.append(
                 f"| {policy} | {task} | {s['episodes']} | {f(s['success_dexwm'], '.0%')} | "

@@ -13,6 +13,7 @@ import torch
 
 from dexwm.control.joint_space import JointSpace
 from dexwm.control.model_rollout import ModelRollout, check_model, replicate
+from dexwm.control.sim_rollout import SimRollout
 from dexwm.planning.base import Planner, shift_plan
 from dexwm.planning.cem import CEM
 from dexwm.planning.costs import CostTerm, FeatureCost, Goal, KeypointCost, Objective, hand_frame
@@ -46,6 +47,16 @@ class Policy:
     def act(self, obs: dict) -> np.ndarray:
         raise NotImplementedError
 
+    def retarget(self, goal_image: np.ndarray, obs: dict) -> None:
+        """Pursue a new goal image from now on (the next stage of a staged task), keeping
+        whatever the episode has built up (warm starts, counters). Policies that ignore the goal
+        image need not override it."""
+
+    def goal_distance(self, obs: dict) -> float | None:
+        """How far the current frame is from the goal image in the policy's own representation
+        (None: the policy has none); used to decide when a stage is done."""
+        return None
+
 
 def check_goal_image(goal: np.ndarray, obs_image: np.ndarray) -> None:
     if not isinstance(goal, np.ndarray) or goal.dtype != np.uint8 or goal.ndim != 3:
@@ -75,6 +86,11 @@ class MPCPolicy(Policy):
         prior_mean: centre the search on the prior's plan (the warm start becomes a candidate).
         devices: spread each call's candidates over these devices (e.g. ["cuda:0", "cuda:1"]),
             one model replica each; None: everything on the model's own device.
+        model: "learned" (the world model) or "simulator": the perfect-model ceiling, every
+            candidate executed on the rig (SimRollout) and encoded with the same encoder.
+        per_task: settings that differ per task, e.g. {place: {std_hand: 0.01}} (DexWM keeps
+            the hand nearly fixed when placing); keys: horizon, execute, std_arm, std_hand,
+            max_step_arm, max_step_hand.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -96,6 +112,8 @@ class MPCPolicy(Policy):
         prior: Policy | None = None,
         prior_mean: bool = False,
         devices: list[str] | None = None,
+        model: str = "learned",
+        per_task: dict[str, dict[str, float | int | None]] | None = None,
         checkpoint: str | None = None,
         seed: int = 0,
         name: str = "mpc",
@@ -103,21 +121,25 @@ class MPCPolicy(Policy):
         self.planner = planner if planner is not None else CEM()
         self.planner.check()
         self.costs = costs if costs is not None else [FeatureCost()]
-        if horizon < 1 or context < 1:
-            raise ValueError(f"horizon and context must be >= 1, got {horizon}, {context}")
-        if not 1 <= execute <= horizon:
-            raise ValueError(f"execute must be in 1..horizon={horizon}, got {execute}")
-        if std_arm < 0 or std_hand < 0:
-            raise ValueError("std_arm and std_hand must be >= 0")
-        if (max_step_arm is None) != (max_step_hand is None):
-            raise ValueError("give both max_step_arm and max_step_hand, or neither")
-        if max_step_arm is not None and (max_step_arm <= 0 or max_step_hand <= 0):
-            raise ValueError("max_step_arm and max_step_hand must be > 0")
-        self.max_step = None if max_step_arm is None else (max_step_arm, max_step_hand)
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        search = dict(horizon=horizon, execute=execute, std_arm=std_arm, std_hand=std_hand,
+                      max_step_arm=max_step_arm, max_step_hand=max_step_hand)  # fmt: skip
+        self.per_task = {k: dict(v) for k, v in (per_task or {}).items()}
+        for task, over in self.per_task.items():
+            unknown = set(over) - set(search)
+            if unknown:
+                raise ValueError(f"per_task[{task!r}]: unknown settings {sorted(unknown)}")
+            _check_search({**search, **over})
+        _check_search(search)
+        self.search = search
+        if model not in ("learned", "simulator"):
+            raise ValueError(f"model must be 'learned' or 'simulator', got {model!r}")
+        self.model = model
         if use not in ("mean", "best"):
             raise ValueError(f"use must be 'mean' or 'best', got {use!r}")
-        self.horizon, self.context, self.execute = horizon, context, execute
-        self.std_arm, self.std_hand, self.warm_start, self.use = std_arm, std_hand, warm_start, use
+        self.context, self.warm_start, self.use = context, warm_start, use
+        self._apply_search(None)
         if prior_mean and prior is None:
             raise ValueError("prior_mean needs a prior policy")
         self.prior, self.prior_mean = prior, prior_mean
@@ -127,6 +149,14 @@ class MPCPolicy(Policy):
         self.checkpoint, self.seed, self.name = checkpoint, seed, name
         self.wm = None
         self.replicas = None
+
+    def _apply_search(self, task: str | None) -> None:
+        """The search settings for `task` (per_task overrides on top of the common ones)."""
+        s = {**self.search, **self.per_task.get(task, {})}
+        self.horizon, self.execute = int(s["horizon"]), int(s["execute"])
+        self.std_arm, self.std_hand = float(s["std_arm"]), float(s["std_hand"])
+        arm, hand = s["max_step_arm"], s["max_step_hand"]
+        self.max_step = None if arm is None else (float(arm), float(hand))
 
     def setup(self, checkpoint: str | None) -> None:
         path = self.checkpoint or checkpoint
@@ -148,11 +178,23 @@ class MPCPolicy(Policy):
         super().reset(rig, goal_image, obs)
         check_goal_image(goal_image, obs["image"])
         self.rig = rig
+        self._apply_search(rig.episode.task if rig.episode else None)
         if getattr(self, "_space_rig", None) is not rig:
             self.space, self._space_rig = JointSpace.from_rig(rig), rig
-            if self.max_step is not None:
-                self.space.max_step = self.space.spread(*self.max_step)
-        wm = self.wm
+        self.space.max_step = None if self.max_step is None else self.space.spread(*self.max_step)
+        self._set_goal(goal_image)
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (feats, commanded joints)
+        self.plan = None
+        self.generator = torch.Generator().manual_seed(
+            self.seed + (rig.episode.index if rig.episode else 0)
+        )
+        self.std = self.space.spread(self.std_arm, self.std_hand)[None].expand(self.horizon, -1)
+        if self.prior is not None:
+            self.prior.reset(rig, goal_image, obs)
+
+    def _set_goal(self, goal_image: np.ndarray) -> None:
+        """The objective of this goal image (features encoded once, hand points if needed)."""
+        wm, rig = self.wm, self.rig
         goal_feats = self._encode(goal_image)  # (N, D) on the host, like the predictions
         goal = Goal(goal_feats, task=rig.episode.task if rig.episode else None)
         goal.hand_uv = lambda feats, temp: wm.hand_points(feats, temperature=temp)  # (B, H, 6, 2)
@@ -163,31 +205,47 @@ class MPCPolicy(Policy):
         if rig.episode is not None:  # privileged goal hand frame, for the orientation term
             goal.frame = hand_frame(self.space.keypoints(torch.tensor(rig.episode.goal_joints)))
         self.objective = Objective(self.costs, goal)
-        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (feats, commanded joints)
-        self.plan = None
-        self.generator = torch.Generator().manual_seed(
-            self.seed + (rig.episode.index if rig.episode else 0)
-        )
-        self.std = self.space.spread(self.std_arm, self.std_hand)[None].expand(self.horizon, -1)
+
+    def retarget(self, goal_image: np.ndarray, obs: dict) -> None:
+        check_goal_image(goal_image, obs["image"])
+        self._set_goal(goal_image)
         if self.prior is not None:
-            self.prior.reset(rig, goal_image, obs)
+            self.prior.retarget(goal_image, obs)
+
+    def goal_distance(self, obs: dict) -> float:
+        """Mean squared difference of the current frame's features to the goal's."""
+        return float((self._encode(obs["image"]) - self.objective.goal.feats).square().mean())
 
     def _encode(self, image: np.ndarray) -> torch.Tensor:
-        dev = self.wm.feat_norm.mean.device
-        return self.wm.encode(torch.from_numpy(image)[None].to(dev))[0].cpu()
+        """One frame -> normalised features (N, D); the last frame's are kept (an episode step
+        asks for them twice when stages are checked)."""
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is image:
+            return last[1]
+        feats = self._encode_frames(torch.from_numpy(image)[None])[0]
+        self._last = (image, feats)
+        return feats
+
+    def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (M, H, W, 3) -> normalised features (M, N, D) on the host."""
+        return self.wm.encode(frames.to(self.wm.feat_norm.mean.device)).cpu()
 
     @torch.no_grad()
     def act(self, obs: dict) -> np.ndarray:
         feats = self._encode(obs["image"])  # (N, D)
         q0 = torch.as_tensor(obs["commanded"], dtype=torch.float32)
         self.history = (self.history + [(feats, q0)])[-self.context :]
-        rollout = ModelRollout(
-            self.wm,
-            self.space,
-            torch.stack([f for f, _ in self.history]),
-            torch.stack([q for _, q in self.history]),
-            self.replicas,
-        )
+        self.objective.goal.current = feats
+        if self.model == "simulator":  # the perfect-model ceiling
+            rollout = SimRollout(self.rig, self._encode_frames, self.space)
+        else:
+            rollout = ModelRollout(
+                self.wm,
+                self.space,
+                torch.stack([f for f, _ in self.history]),
+                torch.stack([q for _, q in self.history]),
+                self.replicas,
+            )
         if self.warm_start and self.plan is not None:
             mean = shift_plan(self.plan, self.execute)
         else:
@@ -208,3 +266,16 @@ class MPCPolicy(Policy):
         self.stats["evaluations"] += result.evaluations
         self.stats["iterations"] += result.iterations
         return self.plan[: self.execute].numpy().astype(np.float64)
+
+
+def _check_search(s: dict) -> None:
+    if s["horizon"] < 1:
+        raise ValueError(f"horizon must be >= 1, got {s['horizon']}")
+    if not 1 <= s["execute"] <= s["horizon"]:
+        raise ValueError(f"execute must be in 1..horizon={s['horizon']}, got {s['execute']}")
+    if s["std_arm"] < 0 or s["std_hand"] < 0:
+        raise ValueError("std_arm and std_hand must be >= 0")
+    if (s["max_step_arm"] is None) != (s["max_step_hand"] is None):
+        raise ValueError("give both max_step_arm and max_step_hand, or neither")
+    if s["max_step_arm"] is not None and (s["max_step_arm"] <= 0 or s["max_step_hand"] <= 0):
+        raise ValueError("max_step_arm and max_step_hand must be > 0")

@@ -224,6 +224,19 @@ def _style(m: str) -> dict:
     )
 
 
+def _label_row(row, group: str) -> None:
+    row[0].set_ylabel(group)
+    row[0].legend(fontsize=8)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_errors(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -244,11 +257,8 @@ def plot_errors(res: dict, path: Path) -> None:
                 ax.fill_between(x, y - se, y + se, alpha=0.15)
             ax.set(title=title, xlabel=f"step ({res['protocol']['step_s']} s)")
             ax.grid(alpha=0.3)
-        row[0].set_ylabel(g)
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        _label_row(row, g)
+    _save(fig, path)
 
 
 def plot_pck(res: dict, path: Path) -> bool:
@@ -276,11 +286,8 @@ def plot_pck(res: dict, path: Path) -> bool:
             ax.set(title=f"PCK@{float(t):.2f} px ({t_ref:g} px at 224x392)", ylim=(0, 1.02))
             ax.set_xlabel(f"step ({res['protocol']['step_s']} s)")
             ax.grid(alpha=0.3)
-        row[0].set_ylabel(g)
-        row[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        _label_row(row, g)
+    _save(fig, path)
     return True
 
 

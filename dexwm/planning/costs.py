@@ -32,6 +32,7 @@ class Prediction:
     feats: torch.Tensor  # (B, H, N, D) predicted normalised features
     keypoints: torch.Tensor  # (B, H + 1, 21, 3) commanded keypoints (camera frame) of q_0..q_H
     joints: torch.Tensor  # (B, H, J) clipped joint targets
+    distance: torch.Tensor | None = None  # (B, H) true task distance (perfect model only)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Goal:
     uv: torch.Tensor | None = None  # (6, 2) right wrist + tips in encoder-input pixels (head)
     frame: torch.Tensor | None = None  # (3, 3) goal hand frame, camera axes
     task: str | None = None
+    current: torch.Tensor | None = None  # (N, D) features of the latest observed frame
     # predicted features (B, H, N, D), temperature -> right wrist + tips (B, H, 6, 2) in
     # encoder-input pixels, from the world model's hand head (given by the closed loop)
     hand_uv: Callable[[torch.Tensor, float], torch.Tensor] | None = None
@@ -89,18 +91,45 @@ class CostTerm:
 
 
 class FeatureCost(CostTerm):
+    """Distance of the predicted features to the goal image's at every step, weighted
+    decay^(H-1-t) (DexWM: MSE, decay 0.6). `change` > 0 weights the tokens by how much the goal
+    differs from the current frame there, w = (1 - change) + change * d / mean(d) with d the
+    per-token squared difference: the region the task is about (the object, the hand) counts
+    more than the arm the whole image is dominated by. Computed from the goal image and the
+    current frame only."""
+
     name = "feature"
 
-    def __init__(self, weight: float = 1.0, kind: str = "mse", decay: float = 0.6, tasks=None):
+    def __init__(
+        self, weight: float = 1.0, kind: str = "mse", decay: float = 0.6, change: float = 0.0,
+        tasks=None,
+    ):  # fmt: skip
         super().__init__(weight, tasks)
         if kind not in ("mse", "l1"):
             raise ValueError(f"FeatureCost kind must be 'mse' or 'l1', got {kind!r}")
         if not 0 < decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {decay}")
-        self.kind, self.decay = kind, decay
+        if not 0 <= change <= 1:
+            raise ValueError(f"change must be in [0, 1], got {change}")
+        self.kind, self.decay, self.change = kind, decay, change
+
+    def token_weights(self, goal: Goal) -> torch.Tensor | None:
+        """(N,) weights of the tokens, or None (uniform)."""
+        if self.change == 0:
+            return None
+        if goal.current is None:
+            raise ValueError("FeatureCost(change > 0) needs the current frame's features")
+        d = (goal.feats - goal.current).square().mean(-1)  # (N,)
+        return (1 - self.change) + self.change * d / d.mean().clamp_min(1e-12)
 
     def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
-        d = feature_distance(pred.feats, goal.feats, self.kind)  # (B, H)
+        w = self.token_weights(goal)
+        if w is None:
+            d = feature_distance(pred.feats, goal.feats, self.kind)  # (B, H)
+        else:
+            diff = pred.feats - goal.feats  # (B, H, N, D)
+            per_token = (diff.square() if self.kind == "mse" else diff.abs()).mean(-1)
+            d = (per_token * w.to(per_token)).mean(-1)  # (B, H)
         return d @ step_weights(d.shape[1], self.decay, d)
 
 
@@ -148,6 +177,24 @@ class OrientationCost(CostTerm):
         cos = ((R * goal.frame).sum(dim=(-1, -2)) - 1) / 2  # trace(R^T R_goal) -> cos(angle)
         err = 1 - cos  # (B, H)
         return err @ step_weights(err.shape[1], self.decay, err)
+
+
+class TrueDistanceCost(CostTerm):
+    """PRIVILEGED DIAGNOSTIC, not a planning cost: the task's true distance after each step, as
+    only the simulator (the perfect model) knows it. It tells how far a cost that sees the right
+    thing would get with the same planner and budget."""
+
+    name = "true_distance"
+
+    def __init__(self, weight: float = 1.0, decay: float = 0.6, tasks=None):
+        super().__init__(weight, tasks)
+        self.decay = decay
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        if pred.distance is None:
+            raise ValueError("TrueDistanceCost needs the simulator as the model (model: simulator)")
+        d = pred.distance.to(torch.float32)  # (B, H)
+        return d @ step_weights(d.shape[1], self.decay, d)
 
 
 class Objective:

@@ -6,7 +6,10 @@ An episode is a seeded random program of segments, joint targets interpolated be
 - contact: the palm over the object, down onto it, fingers closing then opening (grasp-like
   attempts that push, topple or lift it);
 - fingers: the hand opens/closes in place;
-- jitter: a few planner-like random joint steps around the current targets.
+- jitter: a few planner-like random joint steps around the current targets;
+- carry (Allegro): the scripted grasp of the tasks' oracle, then the held object carried to a
+  random spot and height, set down and let go (the data a model needs to predict holding and
+  placing, as in DexWM's place).
 
 Frame t shows the state after the step commanded with joint targets q_t (q_0 = the start pose);
 hands.npy holds the COMMANDED keypoints FK(q_t) in the camera frame (DESIGN.md s.4), so the
@@ -27,8 +30,12 @@ from dexwm.sim.scene import OBJECT_NAMES
 FPS = 10
 OBJECT_X, OBJECT_Y = (0.42, 0.64), (-0.18, 0.14)
 PALM_BOX = (np.array([0.35, -0.25, 0.06]), np.array([0.68, 0.2, 0.32]))  # sweep targets (world)
-SEGMENTS = ("sweep", "contact", "fingers", "jitter")
-SEGMENT_P = (0.35, 0.35, 0.15, 0.15)
+SEGMENTS = ("sweep", "contact", "fingers", "jitter", "carry")
+SEGMENT_P = {  # per embodiment: carrying needs the Allegro grasp geometry (dexwm.sim.grasps)
+    "allegro": (0.3, 0.25, 0.1, 0.15, 0.2),
+    "other": (0.35, 0.35, 0.15, 0.15, 0.0),
+}
+CARRY_BOX = (np.array([0.42, -0.18]), np.array([0.62, 0.12]))  # carry / set-down area (x, y)
 JITTER_STD = {"arm": 0.08, "hand": 0.1}  # rad per step (the planner searches 0.3 / 0.1)
 KEYPOINT_SOURCE = {
     "allegro": "MuJoCo sites; 4 fingers: the ring finger fills the little-finger slot (DexWM)",
@@ -121,6 +128,8 @@ class Explorer:
             end = self._palm_pose(q, pos, self._random_rotation(rng))
             end[hand] = self._random_hand(rng)
             return list(interpolate_targets(q, end, int(rng.integers(4, 10))))
+        if kind == "carry":
+            return self._carry(rng, q)
         # contact: above the object, down onto it, close, open
         R = _rotation_about([0, 0, 1], rng.uniform(-0.5, 0.5)) @ self.home_rot
         touch = rig.object_position() + self._contact_offset(R) + rng.normal(0, 0.015, 3)
@@ -140,11 +149,43 @@ class Explorer:
             out += list(interpolate_targets(closed, lift, int(rng.integers(3, 7))))
         return out
 
+    def _carry(self, rng, q: np.ndarray) -> list[np.ndarray]:
+        """Grasp the object as the oracle does, carry it, set it down, open the hand."""
+        rig = self.rig
+        name, pos = rig.object, rig.object_position()
+        if pos[2] < 0:  # the object fell off the table
+            return []
+        R = grasps.palm_rotation(grasps.grasp_yaw(grasps.object_spec(name), rig.object_yaw()))
+        palm = grasps.palm_position(pos, R)
+        opened, closed = rig.hand_shapes(name, "open"), rig.hand_shapes(name, "closed")
+        up = np.array([0.0, 0.0, 1.0])
+        pre = grasps.arm_pose(rig, palm + grasps.HOVER * up, R, q, opened)
+        down = grasps.arm_pose(rig, palm, R, pre, opened)
+        grip = np.concatenate([down[:7], closed])
+        lift = rng.uniform(0.04, 0.15)
+        lifted = grasps.arm_pose(rig, palm + lift * up, R, down, closed)
+        spot = np.r_[rng.uniform(*CARRY_BOX), 0.0]
+        moved = palm + (spot - np.r_[pos[:2], 0.0])
+        over = grasps.arm_pose(rig, moved + rng.uniform(0.03, 0.15) * up, R, lifted, closed)
+        set_down = grasps.arm_pose(rig, moved + 0.005 * up, R, over, closed)
+        release = np.concatenate([set_down[:7], rig.hand_shapes(name, "release")])
+        n = lambda a, b: int(rng.integers(a, b))  # noqa: E731
+        out = list(interpolate_targets(q, pre, n(4, 8)))
+        out += list(interpolate_targets(pre, down, n(3, 6)))
+        out += list(interpolate_targets(down, grip, n(3, 6), smooth=False))
+        out += list(interpolate_targets(grip, lifted, n(3, 7)))
+        out += list(interpolate_targets(lifted, over, n(4, 10)))
+        if rng.random() < 0.7:  # mostly set it down and let go; else keep holding
+            out += list(interpolate_targets(over, set_down, n(3, 6)))
+            out += list(interpolate_targets(set_down, release, n(2, 4), smooth=False))
+        return out
+
     def program(self, rng: np.random.Generator, start: np.ndarray) -> Iterator[np.ndarray]:
         """Endless joint targets (J,) from `start`: random segments back to back."""
         q = start
+        p = SEGMENT_P["allegro" if self.rig.embodiment == "allegro" else "other"]
         while True:
-            kind = SEGMENTS[rng.choice(len(SEGMENTS), p=SEGMENT_P)]
+            kind = SEGMENTS[rng.choice(len(SEGMENTS), p=p)]
             try:
                 steps = self._segment(rng, kind, q)
             except UnreachableTarget:

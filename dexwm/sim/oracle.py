@@ -34,7 +34,8 @@ class Oracle:
         if rig.episode is None:
             raise RuntimeError("the oracle needs a task episode: call rig.reset(task, episode)")
         self.rig = rig
-        script = {"reach": self._reach, "grasp": self._grasp, "place": self._place}
+        script = {"reach": self._reach, "grasp": self._grasp, "place": self._place,
+                  "pick_place": self._place}  # fmt: skip
         self._steps: Iterator[np.ndarray] = script[rig.episode.task]()
         self._last = rig.target.copy()
 
@@ -60,7 +61,7 @@ class Oracle:
         """Hover above the object, descend, close the fingertips around it, lift."""
         rig = self.rig
         name, pos, yaw = rig.object, rig.object_position(), rig.object_yaw()
-        R = grasps.palm_rotation(grasps.grasp_yaw(grasps.object_spec(name), yaw))
+        R = grasp_rotation(name, yaw)
         palm = grasps.palm_position(pos, R)
         opened, closed = rig.hand_shapes(name, "open"), rig.hand_shapes(name, "closed")
         up = np.array([0.0, 0.0, 1.0])
@@ -77,9 +78,13 @@ class Oracle:
         self._lifted, self._R = lifted, R
 
     def _place(self) -> Iterator[np.ndarray]:
-        """Grasp, carry the object over the target, lower it, open the hand, retreat."""
+        """Grasp (unless the episode starts grasped), carry the object over the target, lower it
+        and (pick_place) open the hand and retreat."""
         rig, ep = self.rig, self.rig.episode
-        yield from self._grasp()
+        if ep.start_grasped:
+            self._lifted, self._R = rig.target.copy(), grasp_rotation(rig.object, ep.object_pose[1])
+        else:
+            yield from self._grasp()
         lifted, R = self._lifted, self._R
         spec = grasps.object_spec(rig.object)
         goal_obj = np.array([ep.target[0], ep.target[1], spec.rest_z + DROP])
@@ -92,6 +97,8 @@ class Oracle:
         lower = grasps.arm_pose(rig, goal_obj + self._in_hand(), R, above, lifted[7:])
         yield from self._move(above, lower, LOWER)
         yield from [lower] * SETTLE_PLACE  # let the arm catch up: the object rests on the table
+        if ep.task == "place":  # DexWM's place ends holding the object on the target
+            return
         opened = rig.hand_shapes(rig.object, "release")
         opened[12:] = rig.hand_shapes(rig.object, "open")[12:]  # thumb: no big swing
         release = np.concatenate([lower[:7], opened])
@@ -104,6 +111,20 @@ class Oracle:
     def _in_hand(self) -> np.ndarray:
         """Palm site minus object centre (world), both as the physics has them now."""
         return self.rig.data.site_xpos[self.rig.palm_site_id] - self.rig.object_position()
+
+
+def grasp_rotation(name: str, object_yaw: float) -> np.ndarray:
+    """Palm rotation (3, 3) of the oracle's grasp of object `name` lying at `object_yaw`."""
+    return grasps.palm_rotation(grasps.grasp_yaw(grasps.object_spec(name), object_yaw))
+
+
+def scripted_grasp(rig) -> None:
+    """Run the oracle's grasp (approach, descend, close, lift) on the rig without rendering or
+    task history: the start state of episodes that begin grasped."""
+    oracle = Oracle.__new__(Oracle)
+    oracle.rig = rig
+    for q in oracle._grasp():
+        rig.step(q, render=False)
 
 
 def run_oracle(rig, task: str, episode: int, render: bool = False) -> dict:

@@ -23,8 +23,9 @@ from dexwm.sim.camera import Camera
 from dexwm.sim.control import IK
 from dexwm.sim.grasps import HandShapes
 from dexwm.sim.objects import Objects
+from dexwm.sim.render import Renderers
 from dexwm.sim.robots import GRIPPER, GRIPPER_ACTUATOR
-from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, build_model, object_body
+from dexwm.sim.scene import CAMERA_NAME, OBJECT_NAMES, build_model, descends, object_body
 
 CONTROL_HZ = 10.0
 CTRL_UPDATES = 10  # control targets are ramped in this many pieces per step
@@ -71,7 +72,7 @@ class Rig:
         self._kp_sites = np.array([m.site(s).id for s in self.info.keypoint_sites], int)
         self.palm_site_id = m.site(self.info.palm_site).id
         root = m.body(self.info.hand_root).id
-        self.hand_bodies = {b for b in range(m.nbody) if self._descends(b, root)}
+        self.hand_bodies = {b for b in range(m.nbody) if descends(m, b, root)}
         objects = {m.body(object_body(n)).id for n in OBJECT_NAMES}
         self.robot_bodies = set(range(1, m.nbody)) - objects
         self.objects = Objects(m)
@@ -89,19 +90,12 @@ class Rig:
             self.home[: len(self.model_joints)],
         )
         self._kin = mujoco.MjData(m)  # scratch state for kinematics of commanded targets
-        self._renderers: dict[int, mujoco.Renderer] = {}
+        self.renderers = Renderers(m)
         self._fk = None
         self.hand_shapes = HandShapes(self) if embodiment == "allegro" else None
         self.episode: tasks.Episode | None = None
         self.target = self.home.copy()
         self.history: list[dict] = []  # per control step: measures + success flags
-
-    def _descends(self, body: int, root: int) -> bool:
-        while body > 0:
-            if body == root:
-                return True
-            body = int(self.model.body_parentid[body])
-        return False
 
     # ---- state ------------------------------------------------------------------------------
 
@@ -129,8 +123,28 @@ class Rig:
         self.target = q.copy()
         self._apply_ctrl(q)
         mujoco.mj_forward(self.model, self.data)
+        if self.episode is not None and self.episode.start_grasped:
+            from dexwm.sim.oracle import scripted_grasp
+
+            scripted_grasp(self)  # the episode starts with the object grasped and lifted
         self.history = []
         return self.observe(render)
+
+    def snapshot(self) -> dict:
+        """Everything a control step changes: the full physics state, the joint targets and the
+        task history. `restore(snapshot)` puts the rig back exactly (a perfect model's rollouts
+        and diagnostics branch from one state)."""
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        state = np.empty(mujoco.mj_stateSize(self.model, spec))
+        mujoco.mj_getState(self.model, self.data, state, spec)
+        return {"state": state, "target": self.target.copy(), "history": list(self.history)}
+
+    def restore(self, snapshot: dict) -> None:
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mujoco.mj_setState(self.model, self.data, snapshot["state"], spec)
+        mujoco.mj_forward(self.model, self.data)
+        self.target = snapshot["target"].copy()
+        self.history = list(snapshot["history"])
 
     def place_object(self, name: str, pose: tuple[np.ndarray, float] | None = None) -> None:
         """Make object `name` the active one, at pose ((x, y, z), yaw) (default: table centre);
@@ -248,13 +262,18 @@ class Rig:
     def goal_image(self, task: str, episode: int, size: int | None = None) -> np.ndarray:
         """(H, W, 3) uint8 render of the goal state of evaluation episode (task, episode); the
         running simulation is not disturbed."""
+        return self.goal_images(task, episode, size)[-1]
+
+    def goal_images(self, task: str, episode: int, size: int | None = None) -> list[np.ndarray]:
+        """Renders of the episode's goal stages (tasks.Episode.stages), the goal itself last."""
         previous, ep = self.object, self.episode  # sampling an episode may switch objects
         if ep is None or (ep.task, ep.index) != (task, episode):
             ep = tasks.make_episode(self, task, episode)
-        image = self.render(size, self.state_data(ep.goal_joints, ep.object, ep.goal_object))
+        states = [*ep.stages, (ep.goal_joints, ep.goal_object)]
+        images = [self.render(size, self.state_data(q, ep.object, pose)) for q, pose in states]
         if previous is not None:
             self._activate(previous)
-        return image
+        return images
 
     # ---- observation -------------------------------------------------------------------------
 
@@ -314,22 +333,13 @@ class Rig:
 
     def render(self, size: int | None = None, data: mujoco.MjData | None = None) -> np.ndarray:
         """(size, size, 3) uint8 frame from the fixed camera; shadows/reflections off."""
-        size = self.size if size is None else int(size)
-        if size not in self._renderers:
-            r = mujoco.Renderer(self.model, size, size)
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
-            self._renderers[size] = r
-        r = self._renderers[size]
-        r.update_scene(self.data if data is None else data, CAMERA_NAME)
-        return r.render()
+        return self.renderers(
+            self.data if data is None else data, self.size if size is None else int(size)
+        )
 
     def K(self, size: int | None = None) -> np.ndarray:
         """Camera intrinsics (3, 3) at frame side `size`."""
         return self.camera.K(self.size if size is None else size)
 
     def close(self) -> None:
-        for r in self._renderers.values():
-            r.close()
-        self._renderers.clear()
+        self.renderers.close()

@@ -154,3 +154,12 @@ def build_model(
     """Compiled MjModel of the scene with `embodiment`, and its `RobotInfo`."""
     spec, info = build_spec(embodiment, menagerie)
     return spec.compile(), info
+
+
+def descends(model: mujoco.MjModel, body: int, root: int) -> bool:
+    """Is `body` `root` or one of its descendants in the kinematic tree?"""
+    while body > 0:
+        if body == root:
+            return True
+        body = int(model.body_parentid[body])
+    return False

@@ -1,8 +1,11 @@
-"""The evaluation tasks of the Allegro rig: reach, grasp, place (DESIGN.md s.2, sim evaluation).
+"""The evaluation tasks of the Allegro rig: reach, grasp, place (DexWM's three, DESIGN.md s.2) and
+pick_place (a long-horizon task beyond DexWM's).
 
 Each task has a fixed set of 50 seeded episodes (index 0..49): object, its pose, and a goal state
-(robot joints + object pose) from which the goal image is rendered. Success must hold for
-`HOLD_STEPS` consecutive 10 Hz control steps and is reported under two threshold sets:
+(robot joints + object pose) from which the goal image is rendered. `place` starts as DexWM's
+does, with the object already grasped and lifted (the rig runs a scripted grasp at reset, without
+rendering); `pick_place` starts with the object on the table (the earlier `place`). Success must
+hold for `HOLD_STEPS` consecutive 10 Hz control steps and is reported under two threshold sets:
 
 | task  | "dexwm" (the paper's)                      | "strict"                                 |
 |-------|--------------------------------------------|------------------------------------------|
@@ -10,6 +13,7 @@ Each task has a fixed set of 50 seeded episodes (index 0..49): object, its pose,
 |       | their goal positions                       |                                          |
 | grasp | any hand-object contact                    | object lifted >= 0.05 m and in the hand  |
 | place | object centre within 0.10 m of the target  | ... within 0.05 m                        |
+| pick_place | as place                              | as place                                 |
 """
 
 from __future__ import annotations
@@ -23,15 +27,17 @@ from dexwm.sim import grasps
 from dexwm.sim.control import UnreachableTarget
 from dexwm.sim.scene import OBJECT_NAMES
 
-TASKS = ("reach", "grasp", "place")
+TASKS = ("reach", "grasp", "place", "pick_place")
+DEXWM_TASKS = ("reach", "grasp", "place")  # the tasks of DexWM's evaluation
 N_EPISODES = 50
 HOLD_STEPS = 10
-MAX_STEPS = {"reach": 40, "grasp": 50, "place": 70}
+MAX_STEPS = {"reach": 40, "grasp": 50, "place": 50, "pick_place": 70}
 THRESHOLDS = {
     "dexwm": {"reach": 0.15, "place": 0.10},
     "strict": {"reach": 0.03, "place": 0.05, "lift": 0.05},
 }
-_TASK_SEED = {"reach": 1001, "grasp": 2002, "place": 3003}
+# pick_place keeps the seed of the earlier `place`, so its episodes are the same ones
+_TASK_SEED = {"reach": 1001, "grasp": 2002, "pick_place": 3003, "place": 4004}
 OBJECT_X, OBJECT_Y, OBJECT_YAW = (0.46, 0.60), (-0.13, 0.10), 0.45
 TARGET_X, TARGET_Y = (0.42, 0.62), (-0.18, 0.12)  # place targets (object centre)
 MIN_PLACE_DISTANCE = 0.15  # start-to-target distance, so "dexwm" place is not met at the start
@@ -44,8 +50,12 @@ REACH_BOX = (np.array([0.35, -0.3, 0.06]), np.array([0.7, 0.2, 0.3]))  # goal pa
 @dataclass(frozen=True)
 class Episode:
     """One evaluation episode. Poses are ((x, y, z) world, yaw). goal_joints (J,) + goal_object
-    define the goal state; target: place position of the object centre (place only);
-    goal_points (6, 3): palm + fingertip goal positions (reach only)."""
+    define the goal state; target: place position of the object centre (place, pick_place);
+    goal_points (6, 3): palm + fingertip goal positions (reach only); start_grasped: the episode
+    starts with the object grasped and lifted (place); stages: intermediate goal states
+    ((joints, object pose), ...) before the goal, for tasks one image cannot express (grasp:
+    the hand closed around the object on the table, then lifted; pick_place: grasped, lifted,
+    then placed)."""
 
     task: str
     index: int
@@ -56,6 +66,8 @@ class Episode:
     max_steps: int
     target: np.ndarray | None = None
     goal_points: np.ndarray | None = None
+    start_grasped: bool = False
+    stages: tuple = ()
 
 
 def check_episode(task: str, index: int) -> None:
@@ -139,17 +151,24 @@ def make_episode(rig, task: str, index: int) -> Episode:
                     goal_points=points,
                 )
             grasp_pose(rig, name, pos, yaw, 0.0, "open", rig.home)  # the oracle's grasp pose
+            held = (grasp_pose(rig, name, pos, yaw, 0.0, "closed", rig.home), (pos, yaw))
+            lifted = pos + np.array([0.0, 0.0, GRASP_LIFT])
+            lift_q = grasp_pose(rig, name, pos, yaw, GRASP_LIFT, "closed", rig.home)
             if task == "grasp":
-                lifted = pos + np.array([0.0, 0.0, GRASP_LIFT])
-                goal = grasp_pose(rig, name, pos, yaw, GRASP_LIFT, "closed", rig.home)
-                return Episode(task, index, name, (pos, yaw), goal, (lifted, yaw), MAX_STEPS[task])
+                return Episode(task, index, name, (pos, yaw), lift_q, (lifted, yaw),
+                               MAX_STEPS[task], stages=(held,))  # fmt: skip
             target = _place_target(rng, pos)
             if target is None:
                 continue
-            goal = grasp_pose(rig, name, target, yaw, grasps.HOVER, "release", rig.home)
+            if task == "pick_place":  # the goal: released on the target, the hand hovering
+                goal = grasp_pose(rig, name, target, yaw, grasps.HOVER, "release", rig.home)
+            else:  # place: still held, set down on the target
+                goal = grasp_pose(rig, name, target, yaw, 0.0, "closed", rig.home)
+            stages = (held, (lift_q, (lifted, yaw))) if task == "pick_place" else ()
             return Episode(
-                task, index, name, (pos, yaw), goal, (target, yaw), MAX_STEPS[task], target=target
-            )
+                task, index, name, (pos, yaw), goal, (target, yaw), MAX_STEPS[task],
+                target=target, start_grasped=task == "place", stages=stages,
+            )  # fmt: skip
         except UnreachableTarget:
             continue
     raise RuntimeError(f"{task} episode {index}: no reachable layout")  # pragma: no cover
@@ -172,7 +191,7 @@ def evaluate(rig, ep: Episode) -> dict:
             "dexwm": contact,
             "strict": contact and lift >= th_s["lift"],
         }
-    dist = float(np.linalg.norm(rig.object_position() - ep.target))
+    dist = float(np.linalg.norm(rig.object_position() - ep.target))  # place, pick_place
     return {
         "distance": dist,
         "contact": contact,

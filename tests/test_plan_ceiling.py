@@ -1,0 +1,152 @@
+"""The perfect-model ceiling (the simulator as the model), per-task search settings, staged goals,
+the change-weighted feature cost and the planning diagnostics, on the real rig."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from _plan import tiny_model  # noqa: E402
+
+from dexwm.control import JointSpace, MPCPolicy, Policy, Staged, evaluate, run_episode  # noqa: E402
+from dexwm.control.diagnostics import diagnose  # noqa: E402
+from dexwm.control.sim_rollout import SimRollout, task_distance  # noqa: E402
+from dexwm.planning import CEM, FeatureCost  # noqa: E402
+from dexwm.planning.costs import Goal, Prediction, TrueDistanceCost  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return tiny_model()
+
+
+def test_sim_rollout_predicts_exactly_what_happens_and_leaves_the_rig(rig, wm):
+    rig.reset("reach", 2)
+    for _ in range(2):
+        rig.step(rig.target + 0.02)
+    qpos, target, hist = rig.data.qpos.copy(), rig.target.copy(), len(rig.history)
+    space = JointSpace.from_rig(rig)
+    q0 = torch.as_tensor(rig.target, dtype=torch.float32)
+    plans = q0 + 0.05 * torch.randn(3, 2, 23, generator=torch.Generator().manual_seed(0))
+    pred = SimRollout(rig, wm.encode, space)(plans)
+    assert pred.feats.shape == (3, 2, wm.shape["num_tokens"], wm.shape["dim"])
+    np.testing.assert_array_equal(rig.data.qpos, qpos)  # the rig is back where it was
+    assert np.array_equal(rig.target, target) and len(rig.history) == hist
+    q = space.limit(q0, plans)
+    frames = []
+    for t in range(2):  # execute candidate 1 for real: the same frames, the same distances
+        frames.append(rig.step(q[1, t].numpy().astype(np.float64))["image"])
+        assert pred.distance[1, t] == pytest.approx(task_distance(rig))
+    torch.testing.assert_close(pred.feats[1], wm.encode(torch.from_numpy(np.stack(frames))))
+
+
+def test_perfect_model_policy_plans_through_the_simulator(rig, wm):
+    policy = MPCPolicy(CEM(samples=6, elites=2, iterations=1), costs=[TrueDistanceCost()],
+                       horizon=2, execute=2, model="simulator", name="ceiling").use_model(wm)  # fmt: skip
+    record, _ = run_episode(rig, policy, "reach", 0, max_steps=4)
+    assert record["steps"] == 4 and record["evaluations"] == 12
+    # the privileged cost only exists with the simulator: a learned model cannot give it
+    with pytest.raises(ValueError, match="simulator"):
+        TrueDistanceCost()(Prediction(torch.zeros(1, 1, 2, 2), None, None), Goal(torch.zeros(2, 2)))
+
+
+def test_per_task_settings(rig, wm):
+    policy = MPCPolicy(CEM(samples=4, elites=2, iterations=1), std_hand=0.1, horizon=3, execute=2,
+                       per_task={"place": {"std_hand": 0.01, "execute": 1}}).use_model(wm)  # fmt: skip
+    for task, std, k in (("place", 0.01, 1), ("reach", 0.1, 2)):
+        obs = rig.reset(task, 0)
+        policy.reset(rig, rig.goal_image(task, 0), obs)
+        assert policy.execute == k and float(policy.std[0, -1]) == pytest.approx(std)
+        assert float(policy.std[0, 0]) == pytest.approx(0.3)  # std_arm: common setting
+    with pytest.raises(ValueError, match="unknown settings"):
+        MPCPolicy(per_task={"place": {"temperature": 1.0}})
+    with pytest.raises(ValueError, match="execute"):
+        MPCPolicy(horizon=3, per_task={"grasp": {"execute": 4}})
+
+
+class Scripted(Policy):
+    """Holds still; its distance to the goal follows a script (one value per decision)."""
+
+    name = "scripted"
+
+    def __init__(self, distances):
+        self.distances, self.goals = list(distances), []
+
+    def reset(self, rig, goal_image, obs):
+        super().reset(rig, goal_image, obs)
+        self.goals.append(goal_image)
+
+    def retarget(self, goal_image, obs):
+        self.goals.append(goal_image)
+
+    def goal_distance(self, obs):
+        return self.distances.pop(0)
+
+    def act(self, obs):
+        self.stats["calls"] += 1
+        return obs["commanded"][None]
+
+
+def test_staged_goals_advance_when_progress_stops(rig):
+    # improving for 4 decisions, then flat: stage 0 is done at the 7th decision
+    inner = Scripted([1.0, 0.8, 0.6, 0.5, 0.5, 0.5, 0.5, 0.9, 0.8, 0.7, 0.6] + [0.6] * 20)
+    staged = Staged(inner, min_steps=2, patience=3, tolerance=0.02)
+    record, _ = run_episode(rig, staged, "grasp", 1, max_steps=12)
+    stages = rig.goal_images("grasp", 1)
+    assert len(inner.goals) == 2 and staged.switches == [6]
+    np.testing.assert_array_equal(inner.goals[0], stages[0])
+    np.testing.assert_array_equal(inner.goals[1], stages[1])
+    assert record["stage"] == 1 and record["calls"] == 12
+    # tasks without stages (or not listed): the final goal image only
+    inner = Scripted([1.0] * 50)
+    run_episode(rig, Staged(inner, tasks=["pick_place"]), "grasp", 1, max_steps=3)
+    assert len(inner.goals) == 1
+    np.testing.assert_array_equal(inner.goals[0], stages[-1])
+
+
+def test_change_weighted_feature_cost_looks_where_goal_and_frame_differ():
+    goal, current = torch.zeros(4, 3), torch.zeros(4, 3)
+    current[2] = 1.0  # only token 2 differs between the frame and the goal
+    g = Goal(goal, current=current)
+    cost = FeatureCost(change=1.0, decay=1.0)
+    w = cost.token_weights(g)
+    assert w.argmax() == 2 and w.mean() == pytest.approx(1.0)
+    fix_token_2 = current.clone()
+    fix_token_2[2] = 0.0
+    spoil_token_0 = current.clone()
+    spoil_token_0[0] = 1.0
+    pred = Prediction(torch.stack([fix_token_2, spoil_token_0])[:, None], None, None)
+    c = cost(pred, g)
+    assert c[0] < c[1]
+    # uniform weights would rank the two the other way round
+    u = FeatureCost(decay=1.0)(pred, g)
+    assert u[0] < u[1] and (c[1] - c[0]) > (u[1] - u[0])
+    with pytest.raises(ValueError, match="current frame"):
+        cost(pred, Goal(goal))
+
+
+def test_evaluate_with_ceiling_adds_the_perfect_model_twin(tmp_path, wm):
+    ckpt = tmp_path / "wm.pt"
+    wm.save(ckpt)
+    policy = MPCPolicy(CEM(samples=4, elites=2, iterations=1), horizon=1, name="cem")
+    res = evaluate([policy], tasks=["reach"], episodes=[0], checkpoint=str(ckpt), max_steps=2,
+                   video=False, ceiling=True)  # fmt: skip
+    assert set(res["summary"]) == {"cem", "cem-perfect"}
+    assert policy.model == "learned"  # the twin is a copy
+
+
+def test_diagnostics_report(tmp_path, wm):
+    ckpt = tmp_path / "wm.pt"
+    wm.save(ckpt)
+    policy = MPCPolicy(CEM(samples=4, elites=2, iterations=1), horizon=2)
+    rep = diagnose([policy], str(ckpt), tasks=["reach"], episodes=1, candidates=6,
+                   out=str(tmp_path / "diag"))  # fmt: skip
+    med = rep["tasks"]["reach"]["median"]
+    assert -1 <= med["rho_true_distance"]["feature"] <= 1
+    assert set(med["relative_to_start"]["feature"]) == {
+        "success", "hand_posed_object_unmoved", "object_placed_hand_elsewhere"}  # fmt: skip
+    assert all(-1 <= v <= 1 for v in med["ranking"].values() if v is not None)
+    assert med["hand_head_px"] is not None and med["hand_head_px"] >= 0
+    assert "| reach | feature |" in (tmp_path / "diag" / "diagnostics.md").read_text()
