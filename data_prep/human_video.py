@@ -14,7 +14,7 @@ resumes. `--segment-frames` (dashes) works as well as `--segment_frames`.
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 from dexwm.prep.human_video import HumanVideoJob, run
@@ -25,8 +25,13 @@ def main(inputs: Path, out: Path, **settings) -> dict:
     return run(HumanVideoJob(inputs=inputs, out=out, **settings))
 
 
-if __name__ == "__main__":
-    from dexwm.config import parse
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (default: sys.argv) -> exit code; ends with a one-line summary."""
+    from dexwm.config import command
+    from dexwm.data.shards import summarize
 
-    manifest = run(parse(HumanVideoJob))
-    print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))
+    return command(HumanVideoJob, run, lambda job, manifest: summarize(manifest, job.out), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -41,6 +41,8 @@ from dexwm.data.stages import (
     to_clips,
     validated,
 )
+from dexwm.io import InputError
+
 
 @dataclass
 class DataSource:
@@ -68,9 +70,11 @@ def expand_paths(paths: list[str] | str) -> list[str]:
             elif os.path.isfile(q):
                 urls.append(q)
             else:
-                raise FileNotFoundError(f"shard path {q!r} does not exist")
+                raise InputError(f"{q}: shard path does not exist")
     if not urls:
-        raise ValueError(f"no shards found in {paths}")
+        raise InputError(
+            f"{', '.join(map(str, paths))}: no shards found (expected .tar files or a folder with a manifest.json)"
+        )
     return urls
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from dexwm.data.clips import ClipConfig, make_clips
 from dexwm.data.loader import DataSource, expand_paths
 from dexwm.data.schema import validate_sample
-from dexwm.io import atomic_write_json
+from dexwm.io import InputError, atomic_write_json
 
 
 def _all(urls):
@@ -81,6 +81,8 @@ def compute_stats(
 ) -> dict:
     """Action and (raw) feature statistics. `encode(frames uint8 (T,H,W,3)) -> (T,N,D)` is used for
     clips without cached features."""
+    for src in sources:
+        expand_paths(src.paths)  # a missing path fails here, before the progress bar
     act, feat = RunningMoments(), RunningMoments()
     n = 0
     total = max_clips * len(sources)
@@ -95,6 +97,12 @@ def compute_stats(
                     feat.add(f)
                 n += 1
                 bar.update(1)
+    if not n:
+        paths = "; ".join(", ".join(map(str, s.paths)) for s in sources)
+        raise InputError(
+            f"{paths}: no clips of {cfg.num_frames} frames in these shards (samples too short "
+            "for the clip settings?): no statistics"
+        )
     a_mean, a_std = act.result()
     out = {"clips": n, "action_mean": a_mean.tolist(), "action_std": a_std.tolist()}
     if feat.n:

@@ -18,6 +18,7 @@ import numpy as np
 from dexwm.data.schema import make_meta, sample_key
 from dexwm.data.shards import ShardJob, Skip, record_notes
 from dexwm.data.video import VideoDecodeError, encode_mp4
+from dexwm.io import InputError
 from dexwm.prep.hand_fit import (
     cover_crop,
     fit_track,
@@ -29,7 +30,7 @@ from dexwm.prep.hand_fit import (
     transform_uv,
 )
 from dexwm.prep.hands import HandTrack, cached_detector
-from dexwm.prep.video_inputs import list_inputs, open_clip
+from dexwm.prep.video_inputs import IMAGE_EXTS, VIDEO_EXTS, list_inputs, open_clip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +132,21 @@ def _source_intrinsics(cfg: HumanVideoConfig, size: tuple[int, int]) -> np.ndarr
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
 
+def too_short(n: int, src_fps: float, kept: int, fps: float, cfg: HumanVideoConfig, images: bool):
+    """The reason for skipping a clip that yields fewer frames than one segment's minimum."""
+    need = max(2, cfg.min_segment_frames)
+    why = (
+        f"clip shorter than the minimum at {src_fps:g} fps: {n} frames = {n / src_fps:.2f} s give "
+        f"{kept} frames at {fps:g} fps, fewer than the {need} of --min_segment_frames"
+    )
+    if images:
+        why += (
+            f"; a folder of images is read at --image_fps {src_fps:g}: if its frames were taken "
+            "at a lower rate, pass that rate as --image_fps"
+        )
+    return why
+
+
 def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
     """Decode an input at cfg.fps, run MediaPipe on every frame, store resized frames per segment.
     Raises Skip when the input cannot be decoded at all."""
@@ -140,6 +156,8 @@ def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
         raise Skip(str(e)) from e
     idx = resample_indices(clip.n, clip.fps, cfg.fps)  # source frame indices kept
     fps = min(cfg.fps or clip.fps, clip.fps)
+    if len(idx) < max(2, cfg.min_segment_frames):
+        raise Skip(too_short(clip.n, clip.fps, len(idx), fps, cfg, clip.kind == "images"))
     det_hw = detection_size(clip.size, cfg.detect_max_side)
     scale = (det_hw[0] / clip.size[0], det_hw[1] / clip.size[1], 0, 0)
     det = cached_detector(
@@ -260,12 +278,17 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
 def run(job: HumanVideoJob) -> dict:
     """Convert the inputs to shards (resumable); returns the manifest."""
     root = Path(job.inputs)
+    if not root.exists():
+        raise InputError(f"{root}: does not exist")
     items = []
     for p in list_inputs(root):
         rel = p.relative_to(root).as_posix() if p != root else p.name
         episode = rel.replace("/", "__")
         items.append((rel, (str(p), rel, episode, job)))
     if not items:
-        raise FileNotFoundError(f"no videos, GIFs or image folders under {root}")
+        raise InputError(
+            f"{root}: no inputs in this folder (expected video files {', '.join(VIDEO_EXTS)}, "
+            f"GIFs, or folders of {'/'.join(IMAGE_EXTS)} frames)"
+        )
     job.run(items, process_video, desc="videos")
     return record_notes(job.out)
