@@ -25,7 +25,7 @@ from pathlib import Path
 import webdataset as wds
 
 from dexwm.data.clips import ClipConfig, collate_clips
-from dexwm.data.shards import shard_paths
+from dexwm.data.manifest import shard_paths, shard_records
 from dexwm.data.stages import (
     Epoch,
     ShardList,
@@ -93,11 +93,14 @@ def clip_stream(
 ) -> wds.DataPipeline:
     """Pipeline of clips (not batched) of one data source."""
     urls = expand_paths(source.paths)
+    records = shard_records(urls)  # what each shard holds, to catch truncated ones
     epoch, where = epoch or Epoch(), where or Where()
     if exact:
         return wds.DataPipeline(
             ShardList(urls, False, shuffle > 0, seed, epoch, where),  # same order in every process
-            tar_samples(on_bad),  # tar members -> samples (every process reads every shard)
+            tar_samples(
+                on_bad, records
+            ),  # tar members -> samples (every process reads every shard)
             *([shuffled(shuffle, seed, epoch, None)] if shuffle else []),  # same buffer everywhere
             decoded(heavy=False, on_bad=on_bad),  # meta + keypoints; features/frames stay bytes
             validated("raise", cfg),  # schema v1 (skipping here would desynchronise ranks)
@@ -106,7 +109,7 @@ def clip_stream(
     return wds.DataPipeline(
         ShardList(urls, resampled, shuffle > 0, seed, epoch, where),  # shard URLs, epoch-seeded
         *([] if resampled else [split_shards(where)]),  # rank and worker -> their shards
-        tar_samples(on_bad),  # tar members -> samples
+        tar_samples(on_bad, records),  # tar members -> samples, checked against the manifest
         *([shuffled(shuffle, seed, epoch, where)] if shuffle else []),  # sample shuffle buffer
         decoded(heavy=True, on_bad=on_bad),  # .npy -> arrays, .json -> dicts (mp4 stays bytes)
         validated(on_bad, cfg),  # schema v1 or a clear error

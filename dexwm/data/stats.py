@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from dexwm.data.clips import ClipConfig, make_clips
 from dexwm.data.loader import DataSource, expand_paths
 from dexwm.data.schema import validate_sample
+from dexwm.data.stages import shard_samples
 from dexwm.io import InputError, atomic_write_json
-
-
-def _all(urls):
-    """Node splitter that keeps every shard: this reader is meant to see all of them."""
-    return urls
 
 
 class RunningMoments:
@@ -59,9 +54,7 @@ def iter_clips_evenly(
         taken = 0
         for _ in range(max_passes):
             before = taken
-            for sample in wds.WebDataset(
-                url, shardshuffle=False, empty_check=False, nodesplitter=_all
-            ).decode():
+            for sample in shard_samples([url]):
                 validate_sample(sample)
                 for clip in make_clips(sample, cfg, rng):
                     yield clip

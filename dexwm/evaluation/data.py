@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 
 from dexwm.data.clips import ClipConfig, make_clips
 from dexwm.data.loader import DataSource, expand_paths
 from dexwm.data.schema import HEATMAP_EMBODIMENTS, validate_sample
+from dexwm.data.stages import shard_samples
 from dexwm.data.video import decode_video
 from dexwm.models.encoders import crop_params, transform_uv
 from dexwm.models.hand_head import heatmap_targets
@@ -38,9 +38,7 @@ def source_name(source: DataSource) -> str:
 
 
 def _samples(urls: list[str], decode: bool = True) -> Iterator[dict]:
-    for url in urls:
-        ds = wds.WebDataset(url, shardshuffle=False, empty_check=False)
-        yield from (ds.decode() if decode else ds)
+    yield from shard_samples(urls, decode)  # checked against the manifest: truncation raises
 
 
 def check_encoder(model_enc: dict, data_enc: dict | None, where: str) -> None:
