@@ -12,7 +12,7 @@ training and evaluation check against the model. Re-running resumes: finished sh
 
 from __future__ import annotations
 
-import json
+import sys
 
 from dexwm.data.feature_cache import cache_features
 from dexwm.models.encoders import EncoderSpec, FrozenEncoder
@@ -32,8 +32,13 @@ def main(
     )
 
 
-if __name__ == "__main__":
-    from dexwm.config import parse
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (default: sys.argv) -> exit code; ends with a one-line summary."""
+    from dexwm.config import command
+    from dexwm.data.shards import summarize
 
-    manifest = main(**parse(main))
-    print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))
+    return command(main, lambda kw: main(**kw), lambda kw, m: summarize(m, kw["out"]), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -23,7 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering on a machine wi
 # its default thread pool on 2 busy cores, and leaves the cores to parallel workers.
 os.environ.setdefault("LP_NUM_THREADS", "1")
 
-import json  # noqa: E402
+import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -109,8 +109,13 @@ def main(embodiment: str, out: Path, **settings) -> dict:
     return run(SimEpisodesJob(embodiment=embodiment, out=out, **settings))
 
 
-if __name__ == "__main__":
-    from dexwm.config import parse
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (default: sys.argv) -> exit code; ends with a one-line summary."""
+    from dexwm.config import command
+    from dexwm.data.shards import summarize
 
-    manifest = run(parse(SimEpisodesJob))
-    print(json.dumps({"counts": manifest["counts"], "skipped": manifest["skipped"]}, indent=1))
+    return command(SimEpisodesJob, run, lambda job, manifest: summarize(manifest, job.out), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

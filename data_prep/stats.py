@@ -10,6 +10,7 @@ lets several runs (or all DDP ranks) share exactly the same normalisation.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dexwm.data.clips import ClipConfig
@@ -27,8 +28,18 @@ def main(
     return stats
 
 
-if __name__ == "__main__":
-    from dexwm.config import parse
+def cli(argv: list[str] | None = None) -> int:
+    """The command line (default: sys.argv) -> exit code; ends with a one-line summary."""
+    from dexwm.config import command
 
-    s = main(**parse(main, record=lambda kw: str(Path(kw["out"]).parent)))
-    print(f"{s['clips']} clips; written")
+    return command(
+        main,
+        lambda kw: main(**kw),
+        lambda kw, s: (f"wrote statistics of {s['clips']} clips to {kw['out']}", True),
+        argv,
+        record=lambda kw: str(Path(kw["out"]).parent),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

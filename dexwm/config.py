@@ -5,7 +5,8 @@
 (`--config`, later files win) plus dotted overrides (`--probe.steps 100`), `--print_config`, and
 required values that fail loudly when missing. Defaults live only where they are declared: the
 dataclass or function signature of the thing configured. The resolved config, the git commit and
-the command line are written beside every output (`dexwm.io.write_run_record`).
+the command line are written beside every output (`dexwm.io.write_run_record`). `command` is the
+whole life of a preparation command: parse, run, one summary line, exit code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentParser, Namespace
 
-from dexwm.io import write_run_record
+from dexwm.io import InputError, write_run_record
 
 Target = type | Callable[..., Any]
 
@@ -112,3 +113,37 @@ def load(target: Target, *configs: str | Path | dict, section: str | None = None
         raise ValueError(f"{getattr(target, '__name__', target)}: missing required {missing}")
     p.validate(cfg, skip_unset=False)
     return _build(p, target, cfg)
+
+
+def command(
+    target: Target,
+    run: Callable[[Any], Any],
+    summary: Callable[[Any, Any], tuple[str, bool]],
+    argv: list[str] | None = None,
+    record: Callable[[Any], str | None] = default_record,
+) -> int:
+    """Parse the command line for `target` (see `parse`), `run(values)`, print the one-line
+    `summary(values, result)` -> (line, wrote anything); returns the exit code for `sys.exit`:
+
+    0  something was written;
+    1  the run finished but wrote nothing (every input skipped: the summary says why);
+    2  bad input: a path that does not exist or holds nothing usable (`dexwm.io.InputError`), or
+       settings the configured class rejects (ValueError while building it); one line on stderr,
+       no traceback. (jsonargparse's own usage errors exit 2 as well.)
+    Anything else is a bug or an unexpected failure and keeps its traceback."""
+    try:
+        try:
+            values = parse(target, argv, record=record)
+        except ValueError as e:  # a dataclass's __post_init__ rejecting its settings
+            raise InputError(f"invalid settings: {e}") from e
+        result = run(values)
+    except InputError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+    line, wrote = summary(values, result)
+    print(_one_line(line), flush=True)
+    return 0 if wrote else 1
+
+
+def _one_line(x: object) -> str:
+    return " ".join(str(x).split())

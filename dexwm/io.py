@@ -1,5 +1,6 @@
-"""Shared file I/O: atomic writes, checksums, the git commit, and the run record saved beside
-every output (the resolved config plus the commit and command that produced it).
+"""Shared file I/O: atomic writes, checksums, the git commit, the run record saved beside every
+output (the resolved config plus the commit and command that produced it), and `InputError`, the
+one exception that commands report as a single line (exit code 2) instead of a traceback.
 
 A leaf module: it imports nothing from dexwm, so every layer may use it.
 """
@@ -16,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class InputError(FileNotFoundError, ValueError):
+    """A path the user named does not exist, holds nothing the command can read, or cannot take
+    the output. The message is one line: the path, then what is wrong or what was expected there.
+    Commands run through `dexwm.config.command` print it without a traceback and exit 2. (Both a
+    FileNotFoundError and a ValueError, as the errors it replaces were.)"""
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -250,3 +250,110 @@ def test_real_episode_with_more_video_than_annotations_is_trimmed(shared_data, t
     for s in read_samples(tmp_path / "out").values():
         assert len(s["hands.npy"]) == 30 and decode_video(s["frames.mp4"]).shape[0] == 30
         assert s["meta.json"]["notes"] == man["notes"][0]["notes"]
+
+
+# ---- exports from other DROID-style setups: video-rate states / joints only ---------------------
+
+
+def write_export(
+    root: Path,
+    ep: str,
+    states: np.ndarray,
+    joints: np.ndarray,
+    frames: dict[int, np.ndarray],
+    video_paths: bool = True,
+) -> None:
+    """A DROID-format episode as exports from other setups write it: `states` (T, 7) and `joints`
+    (T, 8) at the video rate, no raw 15 Hz or action arrays, no fps; one mp4 per camera (5 fps)."""
+    ann = {
+        "texts": ["wipe the table"],
+        "episode_id": ep,
+        "success": 1,
+        "video_length": len(states),
+        "states": states.tolist(),
+        "joints": joints.tolist(),
+    }
+    if video_paths:
+        ann["videos"] = [{"video_path": f"videos/train/{ep}/{c}.mp4"} for c in range(3)]
+    (root / "annotation" / "train").mkdir(parents=True, exist_ok=True)
+    (root / "annotation" / "train" / f"{ep}.json").write_text(json.dumps(ann))
+    for cam, f in frames.items():
+        path = root / "videos" / "train" / ep / f"{cam}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_mp4(f, 5))
+
+
+EXPORT_FIELDS = ["episode_id", "joints", "states", "success", "texts", "video_length"]
+
+
+def check_export_sample(s: dict, states: np.ndarray, joints: np.ndarray, T: int) -> None:
+    """What an export episode must become: ee = states, observed joints = joints[:, :7], commanded
+    joints = the next frame's observed ones (the last frame holds), provenance in meta.json."""
+    meta = s["meta.json"]
+    np.testing.assert_allclose(s["ee.npy"], states[:T], atol=1e-6)
+    obs = joints[:T, :7]
+    np.testing.assert_allclose(np.asarray(meta["joints_observed"]), obs, atol=1e-5)
+    np.testing.assert_allclose(s["joints.npy"][:-1], obs[1:], atol=1e-6)
+    np.testing.assert_allclose(s["joints.npy"][-1], obs[-1], atol=1e-6)
+    assert [f for f in meta["annotation_fields"] if f != "videos"] == EXPORT_FIELDS
+    assert meta["ee_source"] == "states (video rate)"
+    assert meta["joints_observed_source"] == "joints[:, :7] (video rate; 8 columns)"
+    assert meta["joints_source"].startswith("next frame's observed joints (no action arrays)")
+    assert "next frame's observed joints" in meta["actions_derived"]
+    assert meta["fps_source"] == "video frame rate" and meta["fps"] == 5.0
+    check_recipe(s["hands.npy"], s["hands_valid.npy"], states[:T])
+
+
+def test_export_without_raw_arrays_and_one_extra_video_frame(tmp_path):
+    root, T = tmp_path / "droid", 9
+    rng = np.random.default_rng(3)
+    states = np.concatenate(
+        [rng.normal(0.4, 0.05, (T, 3)), rng.normal(0, 0.3, (T, 3)), np.linspace(0, 1, T)[:, None]],
+        axis=1,
+    )
+    joints = np.concatenate([rng.normal(size=(T, 7)), states[:, 6:]], axis=1)  # (T, 8)
+    frames = np.repeat((np.arange(T + 1) * 20)[:, None, None, None], 48, 1)
+    frames = np.broadcast_to(frames, (T + 1, 48, 80, 3)).astype(np.uint8)
+    # episode "a" names its videos, "b" does not (found at videos/<split>/<id>/<camera>.mp4)
+    for ep, named in (("a", True), ("b", False)):
+        write_export(root, ep, states, joints, {0: frames, 1: frames}, video_paths=named)
+    ep = read_episode(root / "annotation" / "train" / "b.json", (0, 1))
+    assert ep.length == T and ep.video_frames == {0: T + 1, 1: T + 1} and ep.fps == 5.0
+    man = main(root, tmp_path / "out", frames="npy", progress=False)
+    assert man["counts"]["items_ok"] == 2 and man["counts"]["samples"] == 4 and not man["skipped"]
+    trim = f"video has {T + 1} frames, more than the {T} annotated: trimmed to {T}"
+    assert all(trim in n for entry in man["notes"] for n in entry["notes"])
+    samples = read_samples(tmp_path / "out")
+    for s in samples.values():
+        validate_sample(s, need_frames=True)
+        check_export_sample(s, states, joints, T)
+        level = s["frames.npy"].mean(axis=(1, 2, 3)) / 20  # frame k is grey level 20 k
+        np.testing.assert_allclose(level, np.arange(T), atol=0.2)  # the first T frames
+
+
+@pytest.mark.shared_data
+def test_real_episodes_as_exports_are_read(shared_data, tmp_path):
+    """The real DROID episodes rewritten as another setup exports them: only `states` and
+    `joints` (observed arm joints + gripper, every 3rd raw sample), videos one frame longer. All are
+    written (the reader used to reject every one with KeyError), with the states and joints of the
+    original episodes and the first T frames of each video."""
+    src = shared_data / "robot" / "droid_subset"
+    root, truth = tmp_path / "export", {}
+    for path in sorted((src / "annotation" / "train").glob("*.json")):
+        ann = json.loads(path.read_text())
+        T = ann["video_length"]
+        obs = np.asarray(ann["observation.state.joint_position"])[::3][:T]
+        grip = np.asarray(ann["observation.state.gripper_position"])[::3][:T, None]
+        states, joints = np.asarray(ann["states"]), np.concatenate([obs, grip], axis=1)
+        video = decode_video(src / ann["videos"][0]["video_path"])  # (T, 192, 320, 3)
+        frames = np.concatenate([video, video[-1:] // 2])  # + 1 frame
+        write_export(root, path.stem, states, joints, {0: frames})
+        truth[path.stem] = (states, joints, T)
+    man = main(root, tmp_path / "out", cameras=(0,), frames="npy", workers=2, progress=False)
+    assert man["counts"]["items_ok"] == 7 and man["counts"]["samples"] == 7 and not man["skipped"]
+    for s in read_samples(tmp_path / "out").values():
+        states, joints, T = truth[s["meta.json"]["episode_id"]]
+        assert len(s["frames.npy"]) == T
+        check_export_sample(s, states, joints, T)
+        exported = decode_video(root / "videos" / "train" / s["meta.json"]["episode_id"] / "0.mp4")
+        np.testing.assert_array_equal(s["frames.npy"], exported[:T])

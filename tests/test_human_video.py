@@ -72,11 +72,12 @@ def write_inputs(folder: Path) -> dict[str, str]:
         "clip.mp4": "no hands detected in 20 frames",  # 60 frames at 30 fps -> 20 at 10 fps
         "clip.webm": "no hands detected in 10 frames",
         "anim.gif": "no hands detected in 12 frames",  # 100 ms per frame = 10 fps
-        "frames": "no hands detected in 3 frames",  # 9 images at 30 fps -> 3 at 10 fps
+        # 9 images at --image_fps 30 -> 3 frames at 10 fps, fewer than --min_segment_frames 8
+        "frames": "clip shorter than the minimum at 30 fps: 9 frames = 0.30 s give 3 frames",
         "corrupt.mp4": "cannot open",
         "empty.mp4": "empty or missing file",
         "broken.gif": "cannot read GIF",
-        "truncated.mp4": "cannot open",
+        "truncated.mp4": "cannot open: moov atom not found",  # FFmpeg's cause, not only stderr
     }
 
 
@@ -105,6 +106,25 @@ def test_bad_and_handless_inputs_are_skipped_with_reasons(tmp_path):
         assert fragment in reasons[key], (key, reasons[key])
     assert man["counts"]["samples"] == 0 and man["counts"]["items_skipped"] == len(expected)
     assert read_manifest(tmp_path / "out") == man
+
+
+def test_short_image_folder_names_image_fps(tmp_path):
+    """A folder of 12 JPEG frames: at the default --image_fps 30 it lasts 0.4 s, 4 frames at 10 fps,
+    fewer than one segment's minimum; the reason says so and names --image_fps. Read at the rate
+    the frames were taken (--image_fps 3), the same folder is long enough and goes on to MediaPipe."""
+    folder = tmp_path / "in" / "frames"
+    folder.mkdir(parents=True)
+    for i, f in enumerate(moving_squares(12, seed=4)):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), f[..., ::-1])
+    man = main(tmp_path / "in", tmp_path / "out30", size=(64, 96), progress=False)
+    (reason,) = [s["reason"] for s in man["skipped"]]
+    assert reason.startswith(
+        "clip shorter than the minimum at 30 fps: 12 frames = 0.40 s give 4 frames at 10 fps, "
+        "fewer than the 8 of --min_segment_frames; a folder of images is read at --image_fps 30"
+    )
+    assert "pass that rate as --image_fps" in reason
+    man = main(tmp_path / "in", tmp_path / "out3", size=(64, 96), image_fps=3, progress=False)
+    assert [s["reason"] for s in man["skipped"]] == ["no hands detected in 12 frames"]
 
 
 # ---- the per-clip transform on synthetic detections (no MediaPipe needed) ----------------------
@@ -212,8 +232,11 @@ def _cli(inputs: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_interrupted_then_resume(inputs: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
-    """Start the CLI, kill it (SIGKILL) once its first item is finished, re-run it to the end."""
+def run_interrupted_then_resume(
+    inputs: Path, out: Path, extra: tuple[str, ...] = (), code: int = 0
+) -> dict:
+    """Start the CLI, kill it (SIGKILL) once its first item is finished, re-run it to the end
+    (exit code `code`: 0 written, 1 nothing written)."""
     proc = subprocess.Popen(
         _cli(inputs, out, *extra), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -226,7 +249,8 @@ def run_interrupted_then_resume(inputs: Path, out: Path, extra: tuple[str, ...] 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
-    subprocess.run(_cli(inputs, out, *extra), cwd=REPO, check=True, capture_output=True)
+    done = subprocess.run(_cli(inputs, out, *extra), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == code, done.stderr[-2000:]
     return read_manifest(out)
 
 
@@ -235,7 +259,7 @@ def test_interrupted_job_resumes(tmp_path):
     inputs.mkdir()
     for i in range(4):
         (inputs / f"v{i}.mp4").write_bytes(encode_mp4(moving_squares(90, 240, 320, seed=i), 30))
-    man = run_interrupted_then_resume(inputs, tmp_path / "out", ("--size", "[64, 96]"))
+    man = run_interrupted_then_resume(inputs, tmp_path / "out", ("--size", "[64, 96]"), code=1)
     assert man["counts"]["items"] == 4 and len(man["skipped"]) == 4
     assert all("no hands detected in 30 frames" in s["reason"] for s in man["skipped"])
 

@@ -1,10 +1,13 @@
 """Loader: real shards through webdataset and the real video decoder; bad input is named."""
 
+import re
+import tarfile
 import warnings
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from _data import synthetic_shards
 
 from dexwm.data.actions import keypoint_actions
@@ -12,7 +15,7 @@ from dexwm.data.clips import ClipConfig, make_clips, sample_indices
 from dexwm.data.loader import DataSource, expand_paths, make_loader
 from dexwm.data.schema import SchemaError
 from dexwm.data.shards import samples_to_tar_bytes, shard_paths
-from dexwm.data.stages import BAD, ShardError
+from dexwm.data.stages import BAD, ShardError, tar_samples
 from dexwm.data.stats import compute_stats
 from dexwm.data.synthetic import make_episode
 
@@ -235,3 +238,81 @@ def test_shards_by_url(tmp_path_factory):
     urls = [f"pipe:cat {p}" for p in shard_paths(root)]
     b = first_batch([DataSource(urls)], ClipConfig(num_frames=2, mode="fixed"), shuffle=0)
     assert b["actions"].shape == (4, 1, 134)
+
+
+# ---- truncated shards are checked against their manifest ----------------------------------------
+
+
+def _cut_copy(tmp_path, n_shards: int = 2, per_shard: int = 4):
+    """Shards written by a real job (manifest with per-shard samples / bytes); returns the folder,
+    the first shard's path and its members' header offsets by sample."""
+    from dexwm.data.synthetic import write_synthetic
+
+    folder = tmp_path / "shards"
+    write_synthetic(
+        folder, episodes=n_shards * per_shard, T=6, fmt="npy", items_per_shard=per_shard
+    )
+    first = shard_paths(folder)[0]
+    with tarfile.open(first) as tar:
+        starts = {}
+        for m in tar.getmembers():
+            starts.setdefault(m.name.split(".")[0], m.offset)  # first header of each sample
+    return folder, first, list(starts.values())
+
+
+@pytest.mark.parametrize("where", ["header boundary", "inside a header", "inside a member"])
+def test_truncated_shard_in_a_manifest_raises_naming_it_or_is_skipped(tmp_path, where):
+    folder, first, starts = _cut_copy(tmp_path)
+    data = open(first, "rb").read()
+    cut = {"header boundary": starts[2], "inside a header": starts[2] + 300}.get(where)
+    cut = cut if cut is not None else starts[2] + 512 + 40  # in the data of sample 2's 1st member
+    open(first, "wb").write(data[:cut])
+    if where != "inside a member":  # what the guard is for: the tar reader alone stops silently
+        assert len(list(wds.WebDataset(first, shardshuffle=False, empty_check=False))) == 2
+    cfg = ClipConfig(num_frames=2, mode="fixed")
+    msg = f"{first}: {cut} bytes, but manifest.json records {len(data)} bytes and 4 samples"
+    with pytest.raises(ShardError, match=re.escape(msg)):
+        list(make_loader([DataSource([str(folder)])], cfg, batch_size=1, shuffle=0))
+    with pytest.raises(ShardError, match="shard-000000.tar"):  # a shard named directly: same
+        list(make_loader([DataSource([first])], cfg, batch_size=1, shuffle=0))
+    before = BAD["shards"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = list(make_loader([DataSource([str(folder)])], cfg, batch_size=1, shuffle=0,
+                               on_bad="skip"))  # fmt: skip
+    assert BAD["shards"] == before + 1
+    assert sorted({b["key"][0].split("/")[1] for b in out}) == [f"ep{i:05d}" for i in range(4, 8)]
+
+
+def test_shard_yielding_fewer_samples_than_recorded_is_caught_at_its_end(tmp_path):
+    """Without a size to compare (e.g. a record without bytes), the count of samples read is
+    checked when the shard ends; its last sample, perhaps partial, is never passed on."""
+    folder, first, starts = _cut_copy(tmp_path)
+    data = open(first, "rb").read()
+    open(first, "wb").write(data[: starts[2] + 300])  # 2 whole samples, then half a header
+    stage = tar_samples("raise", {first: {"samples": 4}})
+    with pytest.raises(ShardError, match=re.escape(f"{first}: yielded 2 samples, but manifest")):
+        list(stage(iter([{"url": first}])))
+    before = BAD["shards"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = [s for s in tar_samples("skip", {first: {"samples": 4}})(iter([{"url": first}])) if s]
+    assert [s["__key__"] for s in got] == ["synthetic/ep00000/cam0/0"] and BAD[
+        "shards"
+    ] == before + 1
+    whole = [s for s in tar_samples("raise", {first: {"samples": 2}})(iter([{"url": first}])) if s]
+    assert len(whole) == 2  # a count that agrees passes every sample on
+
+
+def test_feature_cache_skips_a_truncated_input_shard(tmp_path):
+    from dexwm.data.feature_cache import cache_features
+    from dexwm.models.encoders import EncoderSpec, FrozenEncoder
+
+    folder, first, starts = _cut_copy(tmp_path, per_shard=2)
+    data = open(first, "rb").read()
+    open(first, "wb").write(data[: starts[1]])
+    man = cache_features(str(folder), tmp_path / "feats", EncoderSpec().to_dict(), FrozenEncoder,
+                         progress=False)  # fmt: skip
+    assert man["counts"]["samples"] == 2 and man["counts"]["items_skipped"] == 1
+    (skip,) = man["skipped"]
+    assert skip["key"].endswith("shard-000000.tar") and "manifest.json records" in skip["reason"]

@@ -9,6 +9,7 @@ import webdataset as wds
 
 from dexwm.data.schema import SchemaError, make_meta, sample_key, validate_sample
 from dexwm.data.shards import Skip, read_manifest, run_shard_job, shard_paths
+from dexwm.io import InputError
 
 
 def make_sample(i: int, T: int = 5) -> dict:
@@ -100,7 +101,7 @@ def test_resume_after_interrupt(tmp_path):
 
 def test_other_job_in_same_folder_refused(tmp_path):
     run_shard_job([("a", 0)], process, tmp_path, config={"x": 1}, progress=False)
-    with pytest.raises(RuntimeError, match="different job"):
+    with pytest.raises(InputError, match="different job"):
         run_shard_job([("a", 0)], process, tmp_path, config={"x": 2}, progress=False)
 
 

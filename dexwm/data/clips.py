@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dexwm.data.actions import keypoint_actions, keypoint_actions_static
-from dexwm.data.schema import HEATMAP_EMBODIMENTS, SchemaError, sample_length
+from dexwm.data.schema import HEATMAP_EMBODIMENTS, SchemaError, in_frame, sample_length
 from dexwm.data.video import decode_video
 
 
@@ -97,7 +97,9 @@ def build_clip(sample: dict, idx: np.ndarray, cfg: ClipConfig, rng: np.random.Ge
     """One clip at frame indices `idx` of a validated, decoded sample:
     feats (T, N, D) float32 raw encoder features or frames (T, H, W, 3) uint8; actions (T-1, A) raw;
     dt (T-1,) seconds; hands_uv (T, 2, 21, 2) stored-frame pixels; hands_visible (T, 2) bool (hands
-    that the heatmap loss may supervise); frame_hw (2,); key, embodiment, indices (, encoder)."""
+    that the heatmap loss may supervise); keypoints_visible (T, 2, 21) bool (those hands' points
+    inside the stored frame: what the hand loss, the probe and PCK may use); frame_hw (2,); key,
+    embodiment, indices (, encoder)."""
     meta = sample["meta.json"]
     fps = float(meta["fps"])
     use_feats = cfg.features == "feats" or (cfg.features == "auto" and "feats.npy" in sample)
@@ -108,11 +110,14 @@ def build_clip(sample: dict, idx: np.ndarray, cfg: ClipConfig, rng: np.random.Ge
         actions = keypoint_actions(t(sample["hands.npy"][idx]), t(valid), t(camera)).numpy()
     else:
         actions = keypoint_actions_static(sample["hands.npy"][idx], valid)
+    uv = sample["hands_uv.npy"][idx].astype(np.float32)  # (T, 2, 21, 2)
+    visible = valid & (meta["embodiment"] in HEATMAP_EMBODIMENTS)  # (T, 2)
     clip = {
         "actions": actions,
         "dt": (np.diff(idx) / fps).astype(np.float32),
-        "hands_uv": sample["hands_uv.npy"][idx].astype(np.float32),
-        "hands_visible": valid & (meta["embodiment"] in HEATMAP_EMBODIMENTS),
+        "hands_uv": uv,
+        "hands_visible": visible,
+        "keypoints_visible": visible[..., None] & in_frame(uv, meta["size"][:2]),  # (T, 2, 21)
         "frame_hw": np.asarray(meta["size"][:2], dtype=np.int64),
         "indices": idx.astype(np.int64),
         "key": sample["__key__"],

@@ -16,19 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from dexwm.data.loader import expand_paths
 from dexwm.data.schema import validate_sample
-from dexwm.data.shards import run_shard_job
+from dexwm.data.shards import Skip, run_shard_job
+from dexwm.data.stages import ShardError, shard_samples
 from dexwm.data.video import decode_video
 
 _ENCODERS: dict[str, torch.nn.Module] = {}  # one per worker process
-
-
-def _all(urls):
-    """Node splitter that keeps every shard: this reader is meant to see all of them."""
-    return urls
 
 
 def _encoder(build: Callable, spec: dict):
@@ -51,20 +46,23 @@ def _process(args: tuple) -> list[dict]:
     enc = _encoder(build, spec)
     info = enc.describe()
     out = []
-    for sample in wds.WebDataset(
-        url, shardshuffle=False, empty_check=False, nodesplitter=_all
-    ).decode():
-        validate_sample(sample, need_frames=True)
-        frames = (
-            sample["frames.npy"] if "frames.npy" in sample else decode_video(sample["frames.mp4"])
-        )
-        new = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
-        new["feats.npy"] = encode_frames(enc, frames)
-        new["meta.json"] = dict(sample["meta.json"], encoder=info)
-        if drop_frames:
-            new.pop("frames.npy", None)
-            new.pop("frames.mp4", None)
-        out.append(new)
+    try:  # checked against the input's manifest: a truncated shard is skipped, never shrunk
+        for sample in shard_samples([url]):
+            validate_sample(sample, need_frames=True)
+            frames = (
+                sample["frames.npy"]
+                if "frames.npy" in sample
+                else decode_video(sample["frames.mp4"])
+            )
+            new = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+            new["feats.npy"] = encode_frames(enc, frames)
+            new["meta.json"] = dict(sample["meta.json"], encoder=info)
+            if drop_frames:
+                new.pop("frames.npy", None)
+                new.pop("frames.mp4", None)
+            out.append(new)
+    except ShardError as e:
+        raise Skip(str(e)) from e
     return out
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import webdataset as wds
 
 from dexwm.data.clips import ClipConfig, collate_clips
-from dexwm.data.shards import shard_paths
+from dexwm.data.manifest import shard_paths, shard_records
 from dexwm.data.stages import (
     Epoch,
     ShardList,
@@ -41,6 +41,8 @@ from dexwm.data.stages import (
     to_clips,
     validated,
 )
+from dexwm.io import InputError
+
 
 
 @dataclass
@@ -69,9 +71,11 @@ def expand_paths(paths: list[str] | str) -> list[str]:
             elif os.path.isfile(q):
                 urls.append(q)
             else:
-                raise FileNotFoundError(f"shard path {q!r} does not exist")
+                raise InputError(f"{q}: shard path does not exist")
     if not urls:
-        raise ValueError(f"no shards found in {paths}")
+        raise InputError(
+            f"{', '.join(map(str, paths))}: no shards found (expected .tar files or a folder with a manifest.json)"
+        )
     return urls
 
 
@@ -90,11 +94,14 @@ def clip_stream(
 ) -> wds.DataPipeline:
     """Pipeline of clips (not batched) of one data source."""
     urls = expand_paths(source.paths)
+    records = shard_records(urls)  # what each shard holds, to catch truncated ones
     epoch, where = epoch or Epoch(), where or Where()
     if exact:
         return wds.DataPipeline(
             ShardList(urls, False, shuffle > 0, seed, epoch, where),  # same order in every process
-            tar_samples(on_bad),  # tar members -> samples (every process reads every shard)
+            tar_samples(
+                on_bad, records
+            ),  # tar members -> samples (every process reads every shard)
             *([shuffled(shuffle, seed, epoch, None)] if shuffle else []),  # same buffer everywhere
             decoded(heavy=False, on_bad=on_bad),  # meta + keypoints; features/frames stay bytes
             validated("raise", cfg),  # schema v1 (skipping here would desynchronise ranks)
@@ -103,7 +110,7 @@ def clip_stream(
     return wds.DataPipeline(
         ShardList(urls, resampled, shuffle > 0, seed, epoch, where),  # shard URLs, epoch-seeded
         *([] if resampled else [split_shards(where)]),  # rank and worker -> their shards
-        tar_samples(on_bad),  # tar members -> samples
+        tar_samples(on_bad, records),  # tar members -> samples, checked against the manifest
         *([shuffled(shuffle, seed, epoch, where)] if shuffle else []),  # sample shuffle buffer
         decoded(heavy=True, on_bad=on_bad),  # .npy -> arrays, .json -> dicts (mp4 stays bytes)
         validated(on_bad, cfg),  # schema v1 or a clear error

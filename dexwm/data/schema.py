@@ -27,6 +27,16 @@ FRAME_KEYS = ("frames.mp4", "frames.npy")
 REQUIRED_META = ("schema_version", "source", "embodiment", "fps", "size")
 
 
+def in_frame(uv, size: tuple[int, int]):
+    """Which keypoints lie inside a frame of `size` (height, width): uv (..., 2) pixels in the
+    continuous convention -> bool (..., ): 0 <= u < W and 0 <= v < H (NaN: outside). Works on numpy
+    arrays and torch tensors alike. A hand marked valid may still have points outside the stored
+    frame (cropped away); every keypoint loss and score masks them with this."""
+    H, W = int(size[0]), int(size[1])
+    u, v = uv[..., 0], uv[..., 1]
+    return (u >= 0) & (u < W) & (v >= 0) & (v < H)
+
+
 class SchemaError(ValueError):
     """A sample that does not follow the shard schema; the message names the shard and field."""
 

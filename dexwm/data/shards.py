@@ -5,7 +5,8 @@ turned into webdataset samples by a pure `process(payload) -> list[sample]` func
 runs it with a progress bar and `workers` processes, writes each finished item to its own part file
 at once (so a killed job loses no finished item), packs parts into shards of `items_per_shard` items,
 and writes `manifest.json` last. Re-running the same job resumes; items that fail are recorded in the
-manifest with the reason and the job goes on.
+manifest with the reason and the job goes on. Reading manifests (and the one-line summary every
+command ends with): dexwm.data.manifest.
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from dexwm.data.manifest import (  # noqa: F401  (re-exported: the shard API in one place)
+    MANIFEST,
+    read_manifest,
+    record_notes,
+    shard_paths,
+    summarize,
+)
 from dexwm.data.schema import SCHEMA_VERSION
-from dexwm.io import atomic_write_bytes, atomic_write_json, sha256_file
+from dexwm.io import InputError, atomic_write_bytes, atomic_write_json, sha256_file
 
 PARTS = ".parts"
 JOB_FILE = ".job.json"
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,16 +198,19 @@ def run_shard_job(
         old = json.loads(job_path.read_text())
         if old.get("fingerprint") != fp:
             if not overwrite:
-                raise RuntimeError(
-                    f"{out} holds a different job (other inputs or settings); "
-                    "use another folder or pass overwrite=True (--overwrite)"
+                raise InputError(
+                    f"{out}: holds a different job (other inputs or settings); "
+                    "use another folder or pass overwrite=True (--overwrite true)"
                 )
             shutil.rmtree(out)
         elif (out / MANIFEST).exists():
             return json.loads((out / MANIFEST).read_text())
     elif out.exists() and any(out.glob(f"{prefix}-*.tar")):
         if not overwrite:
-            raise RuntimeError(f"{out} already has shards from an unknown job; pass overwrite")
+            raise InputError(
+                f"{out}: already has shards from an unknown job; use another folder or pass "
+                "overwrite=True (--overwrite true)"
+            )
         shutil.rmtree(out)
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job_path, {"fingerprint": fp, "config": config, "items": len(keys)})
@@ -293,36 +303,4 @@ def run_shard_job(
         print(f"[dexwm] {len(errors)} item(s) failed with errors; first:\n{errors[0]['traceback']}")
     atomic_write_json(out / MANIFEST, manifest)
     shutil.rmtree(parts, ignore_errors=True)
-    return manifest
-
-
-def read_manifest(folder: str | Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the preparation job did not finish")
-    return json.loads(path.read_text())
-
-
-def shard_paths(folder: str | Path) -> list[str]:
-    """Shard files listed in a folder's manifest, as paths."""
-    folder = Path(folder)
-    return [str(folder / s["name"]) for s in read_manifest(folder)["shards"]]
-
-
-def record_notes(out: str | Path) -> dict:
-    """Add to manifest.json the notes (trimmed, truncated, dropped segments) that samples carry in
-    meta.json, one entry per input; rewrites the manifest atomically, so it stays written last."""
-    out = Path(out)
-    manifest = read_manifest(out)
-    notes: dict[str, list[str]] = {}
-    for shard in manifest["shards"]:
-        with tarfile.open(out / shard["name"]) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".meta.json"):
-                    meta = json.load(tar.extractfile(m))
-                    if meta.get("notes"):
-                        notes[meta["item_key"]] = meta["notes"]
-    manifest["notes"] = [{"key": k, "notes": v} for k, v in sorted(notes.items())]
-    manifest["counts"]["items_with_notes"] = len(notes)
-    atomic_write_json(out / MANIFEST, manifest)
     return manifest

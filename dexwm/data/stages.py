@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dexwm.data.clips import ClipConfig, build_clip, collate_clips, decode_sample, plan_clips
+from dexwm.data.manifest import count_mismatch, shard_records, size_mismatch
 from dexwm.data.schema import SchemaError, validate_sample
 
 # Shards/samples skipped in this process because they could not be read (on_bad="skip").
@@ -52,27 +53,56 @@ def _handler(on_bad: str):
     return handle
 
 
-def tar_samples(on_bad: str):
-    """Shard URLs -> samples (webdataset's tar reading and key grouping), where a new shard always
-    starts a new sample, so a truncated shard's last partial sample never merges into the next."""
+def tar_samples(on_bad: str, records: dict[str, dict] | None = None):
+    """Shard URLs -> samples (webdataset's tar reading and key grouping), one shard at a time, so a
+    truncated shard's last partial sample never merges into the next shard's first; each shard is
+    followed by an end-of-shard marker {}.
+
+    A shard with a manifest record (`records`: url -> {samples, bytes}, see
+    dexwm.data.manifest.shard_records) is checked against it: a local file of another size is not
+    read at all, and a shard that yields another number of samples (a cut at a member boundary,
+    where Python's tar reader just stops) is caught at its end, before its last sample (maybe
+    partial) is passed on. Either raises ShardError naming the shard, or with on_bad="skip" is
+    counted in BAD["shards"] with a warning."""
     from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
 
     handler = _handler(on_bad)
+    records = records or {}
 
-    def boundaries(files: Iterator[dict]) -> Iterator[dict]:
-        url = None
-        for f in files:
-            if f and f.get("__url__") != url:
-                if url is not None:
-                    yield {}  # end-of-shard marker: flush the sample being grouped
-                url = f.get("__url__")
-            yield f
+    def one_shard(shard: dict) -> Iterator[dict]:
+        url = shard.get("url")
+        rec = records.get(url)
+        if rec is not None and (why := size_mismatch(url, rec)):
+            handler(ShardError(why))
+            return
+        files = tar_file_expander(url_opener([shard], handler=handler), handler=handler)
+        held, n = None, 0
+        for sample in group_by_keys(files, handler=handler):
+            if held is not None:
+                yield held
+            held, n = sample, n + 1
+        if rec is not None and (why := count_mismatch(url, rec, n)):
+            handler(ShardError(why))
+            return  # skipped: its last sample may be partial
+        if held is not None:
+            yield held
 
     def stage(src: Iterator[dict]) -> Iterator[dict]:
-        files = tar_file_expander(url_opener(src, handler=handler), handler=handler)
-        return group_by_keys(boundaries(files), handler=handler)
+        for shard in src:
+            yield from one_shard(shard)
+            yield {}  # end-of-shard marker
 
     return stage
+
+
+def shard_samples(urls: list[str], decode: bool = True) -> Iterator[dict]:
+    """Every sample of `urls` in order, read as the loader reads them: checked against the
+    shards' manifest (dexwm.data.manifest.shard_records), a truncated or corrupt shard raises
+    ShardError naming it. npy / json members decoded unless decode=False."""
+    stage = tar_samples("raise", shard_records(urls))
+    for sample in stage({"url": u} for u in urls):
+        if sample:
+            yield decode_sample(sample) if decode else sample
 
 
 class Epoch:

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from tqdm.auto import tqdm
 
 from dexwm.data.clips import ClipConfig, make_clips
 from dexwm.data.loader import DataSource, expand_paths
 from dexwm.data.schema import validate_sample
-from dexwm.io import atomic_write_json
-
-
-def _all(urls):
-    """Node splitter that keeps every shard: this reader is meant to see all of them."""
-    return urls
+from dexwm.data.stages import shard_samples
+from dexwm.io import InputError, atomic_write_json
 
 
 class RunningMoments:
@@ -59,9 +54,7 @@ def iter_clips_evenly(
         taken = 0
         for _ in range(max_passes):
             before = taken
-            for sample in wds.WebDataset(
-                url, shardshuffle=False, empty_check=False, nodesplitter=_all
-            ).decode():
+            for sample in shard_samples([url]):
                 validate_sample(sample)
                 for clip in make_clips(sample, cfg, rng):
                     yield clip
@@ -81,6 +74,8 @@ def compute_stats(
 ) -> dict:
     """Action and (raw) feature statistics. `encode(frames uint8 (T,H,W,3)) -> (T,N,D)` is used for
     clips without cached features."""
+    for src in sources:
+        expand_paths(src.paths)  # a missing path fails here, before the progress bar
     act, feat = RunningMoments(), RunningMoments()
     n = 0
     total = max_clips * len(sources)
@@ -95,6 +90,12 @@ def compute_stats(
                     feat.add(f)
                 n += 1
                 bar.update(1)
+    if not n:
+        paths = "; ".join(", ".join(map(str, s.paths)) for s in sources)
+        raise InputError(
+            f"{paths}: no clips of {cfg.num_frames} frames in these shards (samples too short "
+            "for the clip settings?): no statistics"
+        )
     a_mean, a_std = act.result()
     out = {"clips": n, "action_mean": a_mean.tolist(), "action_std": a_std.tolist()}
     if feat.n:

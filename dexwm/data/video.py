@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import sys
 import tempfile
 
 import numpy as np
@@ -79,4 +81,44 @@ def decode_video(
     except VideoDecodeError:
         raise
     except Exception as e:  # decord raises DECORDError / RuntimeError with C++ messages
-        raise VideoDecodeError(f"{name}: cannot decode ({type(e).__name__}: {e})") from e
+        cause = decoder_message(src)
+        cause = f"{cause} ({type(e).__name__})" if cause else f"{type(e).__name__}: {e}"
+        raise VideoDecodeError(f"{name}: cannot decode: {cause}") from e
+
+
+_FFMPEG_LINE = re.compile(r"^\[[^\]]*? @ 0x[0-9a-fA-F]+\]\s*(.+)$")  # [mov,mp4,... @ 0x55..] msg
+_DECORD_LINE = re.compile(r"ERROR opening: .*?, (.+)$")  # decord's own log line
+
+
+def decoder_message(src: bytes | str | os.PathLike) -> str:
+    """Why FFmpeg (inside decord) cannot open `src`, as it said it, e.g. "moov atom not found;
+    Invalid data found when processing input"; "" when it opens or FFmpeg said nothing.
+
+    decord's exception only says "Error reading <file>": FFmpeg's own message goes to file
+    descriptor 2. So, once a video has failed, it is opened again with that descriptor pointed at a
+    temporary file. Lines that are not FFmpeg's or decord's are written back to stderr."""
+    import decord
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            decord.VideoReader(io.BytesIO(src) if isinstance(src, bytes) else str(src))
+        except Exception:
+            pass
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        log.seek(0)
+        text = log.read().decode(errors="replace")
+    found, other = [], []
+    for line in text.splitlines():
+        m = _DECORD_LINE.search(line) or _FFMPEG_LINE.match(line.strip())
+        if m is None:
+            other.append(line)
+        elif m.group(1).strip() not in found:
+            found.append(m.group(1).strip())
+    if any(x.strip() for x in other):
+        sys.stderr.write("\n".join(other) + "\n")
+    return "; ".join(found)

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 
 from dexwm.data.clips import ClipConfig, make_clips
 from dexwm.data.loader import DataSource, expand_paths
-from dexwm.data.schema import HEATMAP_EMBODIMENTS, validate_sample
+from dexwm.data.schema import HEATMAP_EMBODIMENTS, in_frame, validate_sample
+from dexwm.data.stages import shard_samples
 from dexwm.data.video import decode_video
 from dexwm.models.encoders import crop_params, transform_uv
 from dexwm.models.hand_head import heatmap_targets
@@ -38,9 +38,7 @@ def source_name(source: DataSource) -> str:
 
 
 def _samples(urls: list[str], decode: bool = True) -> Iterator[dict]:
-    for url in urls:
-        ds = wds.WebDataset(url, shardshuffle=False, empty_check=False)
-        yield from (ds.decode() if decode else ds)
+    yield from shard_samples(urls, decode)  # checked against the manifest: truncation raises
 
 
 def check_encoder(model_enc: dict, data_enc: dict | None, where: str) -> None:
@@ -156,9 +154,15 @@ def keypoints_in_input(
     input_size: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stored-frame keypoints (..., 2, 21, 2) + visible hands (..., 2) -> the 12 probe points in
-    encoder-input pixels (..., 12, 2) and their visibility (..., 12): hand visible, point inside."""
+    encoder-input pixels (..., 12, 2) and their visibility (..., 12): hand visible, point inside the
+    stored frame (a valid hand may be partly cropped away) and inside the encoder input. Both the
+    probe's training data and PCK's truth come from here."""
+    vis = hands_visible.bool()
+    if vis.shape != hands_uv.shape[:-1]:  # per hand -> per keypoint
+        vis = vis[..., None].expand(hands_uv.shape[:-1])
+    vis = vis & in_frame(hands_uv, frame_hw)  # (..., 2, 21)
     uv = transform_uv(hands_uv.float(), tuple(input_size), tuple(frame_hw))
-    return heatmap_targets(uv, hands_visible.bool(), tuple(input_size))
+    return heatmap_targets(uv, vis, tuple(input_size))
 
 
 def _lengths(urls: list[str], model_encoder: dict | None = None) -> list[tuple[int, float]]:

@@ -224,10 +224,9 @@ class _Evaluator:
         C, size = self.C, tuple(self.wm.encoder_spec.input_size)
         uv = torch.zeros(*batch["hands_uv"][:, C:].shape[:2], 12, 2)
         vis = torch.zeros(*uv.shape[:-1], dtype=torch.bool)
+        visible = batch.get("keypoints_visible", batch["hands_visible"])  # per keypoint
         for i, hw in enumerate(batch["frame_hw"].tolist()):
-            uv[i], vis[i] = keypoints_in_input(
-                batch["hands_uv"][i, C:], batch["hands_visible"][i, C:], hw, size
-            )
+            uv[i], vis[i] = keypoints_in_input(batch["hands_uv"][i, C:], visible[i, C:], hw, size)
         return (uv, vis) if vis.any() else None
 
     def _keep_for_pictures(self, clips, frames, b, preds, kp, pred_uv):

@@ -64,13 +64,17 @@ class HandHead(nn.Module):
 
 
 def heatmap_targets(
-    hands_uv: torch.Tensor, hands_valid: torch.Tensor, size: tuple[int, int]
+    hands_uv: torch.Tensor, visible: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """hands_uv (..., 2, 21, 2) in heatmap pixels, hands_valid (..., 2) -> the 12 head points
-    uv (..., 12, 2) and their visibility (..., 12): hand valid and point inside the image."""
+    """hands_uv (..., 2, 21, 2) in heatmap pixels; visible: per keypoint (..., 2, 21) (a clip's
+    `keypoints_visible`: valid hand and point inside the stored frame) or per hand (..., 2) -> the
+    12 head points uv (..., 12, 2) and their visibility (..., 12): visible and inside the heatmap."""
     idx = torch.tensor(HEATMAP_POINTS, device=hands_uv.device)
     uv = hands_uv.index_select(-2, idx).flatten(-3, -2)  # (..., 12, 2)
-    vis = hands_valid[..., :, None].expand(*hands_valid.shape, len(HEATMAP_POINTS)).flatten(-2)
+    if visible.shape == hands_uv.shape[:-1]:  # per keypoint
+        vis = visible.index_select(-1, idx).flatten(-2)
+    else:  # per hand
+        vis = visible[..., :, None].expand(*visible.shape, len(HEATMAP_POINTS)).flatten(-2)
     H, W = size
     inside = (uv[..., 0] >= 0) & (uv[..., 0] < W) & (uv[..., 1] >= 0) & (uv[..., 1] < H)
     return uv, vis & inside & torch.isfinite(uv).all(-1)

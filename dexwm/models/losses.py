@@ -18,9 +18,10 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") ->
 
 
 def hand_loss(
-    heatmaps: torch.Tensor, hands_uv: torch.Tensor, hands_visible: torch.Tensor, sigma: float
+    heatmaps: torch.Tensor, hands_uv: torch.Tensor, visible: torch.Tensor, sigma: float
 ) -> torch.Tensor:
     """heatmaps (B, T, 12, H, W) predicted from PREDICTED features; hands_uv (B, T, 2, 21, 2) in
-    heatmap pixels; hands_visible (B, T, 2). Hands not visible contribute nothing."""
-    uv, vis = heatmap_targets(hands_uv, hands_visible, tuple(heatmaps.shape[-2:]))  # (B,T,12,2)
+    heatmap pixels; visible (B, T, 2, 21) per keypoint (a clip's keypoints_visible) or (B, T, 2)
+    per hand. Keypoints not visible, or outside the heatmap, contribute nothing."""
+    uv, vis = heatmap_targets(hands_uv, visible, tuple(heatmaps.shape[-2:]))  # (B,T,12,2)
     return hand_heatmap_loss(heatmaps.flatten(0, 1), uv.flatten(0, 1), vis.flatten(0, 1), sigma)

@@ -4,6 +4,13 @@ Layout (the Ctrl-World export of DROID, as in ../shared/data/robot/droid_subset/
     annotation/<split>/<id>.json   texts, success, video_length, states (T, 7: EE xyz, rpy, gripper at
                                    the video rate), raw 15 Hz fields observation.state.* / action.*
     videos/<split>/<id>/{0,1,2}.mp4  cameras: 0, 1 exterior (static), 2 wrist
+Exports from other DROID-style setups carry only video-rate arrays: `states` (T, 7) and `joints`
+(T, 8: seven arm joints + gripper), no raw arrays, and sometimes videos one frame longer than the
+annotations. Those are read as they are: the commanded joints are taken as the next frame's
+observed joints (no action arrays), the frame rate is the annotation's `fps` or the video's, and a
+video path missing from the annotation is looked for at videos/<split>/<id>/<camera>.mp4. What an
+episode carried and how each array was derived is kept in `DroidEpisode.sources`.
+
 Euler angles are scipy's extrinsic 'xyz' (DROID's convention, same as the shard schema); the
 gripper position is 0 open .. 1 closed.
 
@@ -20,11 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
+from dexwm.data.video import decoder_message
 from dexwm.embodiment import euler_xyz_to_matrix, gripper_keypoints, project, world_to_camera
+from dexwm.io import InputError
 
 EXTERIOR_CAMERAS = (0, 1)
 WRIST_CAMERA = 2
 RAW_HZ = 15.0
+RAW_FIELDS = (
+    "observation.state.cartesian_position",
+    "observation.state.joint_position",
+    "observation.state.gripper_position",
+    "action.joint_position",
+)
 # No calibration ships with these episodes: nominal ZED 2 / 2i focal length at HD720 (a typical
 # factory calibration gives fx = fy = 528 px at 1280 x 720), principal point at the centre.
 NOMINAL_K_720P = np.array([[528.0, 0.0, 640.0], [0.0, 528.0, 360.0], [0.0, 0.0, 1.0]])
@@ -35,8 +50,9 @@ class DroidEpisode:
     """One episode at the video rate, trimmed to the frames that have both video and state.
 
     ee: (T, 7) observed end-effector xyz (m, base frame) + Euler xyz + gripper in [0, 1];
-    joints: (T, 7) commanded joint positions (action.joint_position); joints_observed: (T, 7);
-    videos: camera index -> mp4 path; video_frames: camera index -> frames in that file."""
+    joints: (T, 7) commanded joint positions; joints_observed: (T, 7);
+    videos: camera index -> mp4 path; video_frames: camera index -> frames in that file;
+    fields: the annotation's keys; sources: array / rate -> where it came from."""
 
     episode_id: str
     annotation: Path
@@ -49,6 +65,8 @@ class DroidEpisode:
     text: str = ""
     success: bool | None = None
     notes: list[str] = field(default_factory=list)
+    fields: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -56,18 +74,104 @@ class DroidEpisode:
 
 
 def list_episodes(root: str | Path, split: str = "train") -> list[Path]:
-    """Annotation files of a DROID-format folder, ordered by episode number."""
-    files = (Path(root) / "annotation" / split).glob("*.json")
+    """Annotation files of a DROID-format folder, ordered by episode number. Raises InputError
+    (one line: the path, what was expected, the splits that exist) when there are none."""
+    root = Path(root)
+    folder = root / "annotation" / split
+    if not root.exists():
+        raise InputError(f"{root}: does not exist")
+    if not (root / "annotation").is_dir():
+        raise InputError(
+            f"{root}: not a DROID-format folder (expected annotation/<split>/*.json and "
+            "videos/<split>/<id>/<camera>.mp4)"
+        )
+    files = list(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        splits = sorted(p.name for p in (root / "annotation").iterdir() if any(p.glob("*.json")))
+        have = ", ".join(splits) if splits else "none"
+        raise InputError(
+            f"{folder}: no episodes (expected <id>.json files) for --split {split}; "
+            f"splits with episodes here: {have}"
+        )
     return sorted(
         files, key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.stem)
     )
 
 
-def _at_video_rate(ann: dict, key: str, stride: int, T: int) -> np.ndarray | None:
+def _array(ann: dict, key: str, annotation: Path, stride: int = 1) -> np.ndarray | None:
+    """ann[key] as float64 taken every `stride`-th sample, or None when absent."""
     if key not in ann:
         return None
-    a = np.asarray(ann[key], dtype=np.float64)
-    return a[::stride][:T]
+    try:
+        a = np.asarray(ann[key], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{annotation}: {key} is not a numeric array ({e})") from e
+    return a[::stride]
+
+
+def _states(ann: dict, annotation: Path, stride: int) -> tuple[np.ndarray, dict[str, str]]:
+    """-> ee (T, 7) at the video rate and the arrays' sources."""
+    if "states" in ann:
+        states, src = _array(ann, "states", annotation), "states (video rate)"
+    elif all(k in ann for k in RAW_FIELDS[0:3:2]):
+        cart = _array(ann, RAW_FIELDS[0], annotation, stride)
+        grip = _array(ann, RAW_FIELDS[2], annotation, stride)
+        n = min(len(cart), len(grip))
+        states = np.concatenate([cart[:n], grip[:n, None]], axis=1)
+        src = f"observation.state cartesian_position + gripper_position (every {stride})"
+    else:
+        raise ValueError(f"{annotation}: no end-effector states (neither `states` nor raw arrays)")
+    if states.ndim != 2 or states.shape[1] != 7 or len(states) < 2:
+        raise ValueError(f"{annotation}: states has shape {states.shape}, expected (T>=2, 7)")
+    return states, {"ee": src}
+
+
+def _joints(
+    ann: dict, annotation: Path, stride: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """-> commanded joints (T', 7), observed joints (T', 7) at the video rate, their sources."""
+    obs = _array(ann, "observation.state.joint_position", annotation, stride)
+    src = {"joints_observed": f"observation.state.joint_position (every {stride})"}
+    if obs is None:
+        joints = _array(ann, "joints", annotation)
+        if joints is None:
+            raise ValueError(
+                f"{annotation}: no joint positions (neither `joints` nor "
+                "observation.state.joint_position)"
+            )
+        if joints.ndim != 2 or joints.shape[1] not in (7, 8) or len(joints) < 2:
+            raise ValueError(f"{annotation}: joints has shape {joints.shape}, expected (T, 7 or 8)")
+        obs = joints[:, :7]
+        src = {"joints_observed": f"joints[:, :7] (video rate; {joints.shape[1]} columns)"}
+    cmd = _array(ann, "action.joint_position", annotation, stride)
+    if cmd is not None:
+        src["joints"] = f"action.joint_position (commanded, every {stride})"
+        n = min(len(cmd), len(obs))
+        return cmd[:n], obs[:n], src
+    # no action arrays: the pose commanded at frame t is the one reached at frame t + 1
+    cmd = np.concatenate([obs[1:], obs[-1:]])
+    src["joints"] = "next frame's observed joints (no action arrays); the last frame holds"
+    return cmd, obs, src
+
+
+def _video_path(ann: dict, annotation: Path, cam: int) -> Path:
+    root, split = annotation.parents[2], annotation.parent.name
+    videos = ann.get("videos") or []
+    rel = videos[cam].get("video_path") if cam < len(videos) else None
+    return root / rel if rel else root / "videos" / split / annotation.stem / f"{cam}.mp4"
+
+
+def _count_frames(path: Path, annotation: Path, cam: int) -> tuple[int, float]:
+    import decord
+
+    if not path.exists() or path.stat().st_size == 0:
+        raise ValueError(f"{annotation}: video of camera {cam} missing or empty ({path})")
+    try:
+        vr = decord.VideoReader(str(path), num_threads=1)
+        return len(vr), float(vr.get_avg_fps())
+    except Exception as e:
+        cause = decoder_message(path) or f"{type(e).__name__}: {e}"
+        raise ValueError(f"{annotation}: camera {cam} video unreadable: {cause}") from e
 
 
 def read_episode(annotation: str | Path, cameras: tuple[int, ...] = (0, 1, 2)) -> DroidEpisode:
@@ -75,46 +179,29 @@ def read_episode(annotation: str | Path, cameras: tuple[int, ...] = (0, 1, 2)) -
 
     Frame counts of each requested camera's video are measured, and the episode is trimmed to the
     shortest of videos and annotations; every trim is recorded in `notes`."""
-    import decord
-
     annotation = Path(annotation)
-    root = annotation.parents[2]
     try:
         ann = json.loads(annotation.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{annotation}: unreadable annotation ({type(e).__name__}: {e})") from e
-    T_ann = int(ann.get("video_length") or len(ann.get("states", [])))
-    raw = int(ann.get("raw_length") or len(ann["observation.state.joint_position"]))
-    stride = max(1, round(raw / T_ann)) if T_ann else 1
-    if "states" in ann:
-        states = np.asarray(ann["states"], dtype=np.float64)  # (T, 7) at the video rate
-    else:
-        cart = _at_video_rate(ann, "observation.state.cartesian_position", stride, T_ann)
-        grip = _at_video_rate(ann, "observation.state.gripper_position", stride, T_ann)
-        states = np.concatenate([cart, grip[:, None]], axis=1)
-    if states.ndim != 2 or states.shape[1] != 7 or len(states) < 2:
-        raise ValueError(f"{annotation}: states has shape {states.shape}, expected (T>=2, 7)")
-    joints = _at_video_rate(ann, "action.joint_position", stride, len(states))
-    joints_obs = _at_video_rate(ann, "observation.state.joint_position", stride, len(states))
-    T, notes = len(states), []
-    for name, a in (
-        ("action.joint_position", joints),
-        ("observation.state.joint_position", joints_obs),
-    ):
-        if a is None or len(a) < T:
-            raise ValueError(f"{annotation}: {name} missing or shorter than states")
+    if not isinstance(ann, dict):
+        raise ValueError(f"{annotation}: unreadable annotation (not a JSON object)")
+    raw_key = next((k for k in RAW_FIELDS if k in ann), None)
+    T_ann = int(ann.get("video_length") or len(ann.get("states") or ann.get("joints") or []))
+    stride = 1
+    if raw_key is not None and T_ann:
+        stride = max(1, round(int(ann.get("raw_length") or len(ann[raw_key])) / T_ann))
+    ee, sources = _states(ann, annotation, stride)
+    joints, joints_obs, src = _joints(ann, annotation, stride)
+    sources.update(src)
+    T, notes = min(len(ee), len(joints)), []
+    if len(ee) != len(joints):
+        notes.append(f"states have {len(ee)} frames, joints {len(joints)}: trimmed to {T}")
 
-    videos, counts = {}, {}
+    videos, counts, video_fps = {}, {}, {}
     for cam in cameras:
-        rel = ann["videos"][cam]["video_path"] if cam < len(ann.get("videos", [])) else None
-        path = root / rel if rel else None
-        if path is None or not path.exists() or path.stat().st_size == 0:
-            raise ValueError(f"{annotation}: video of camera {cam} missing or empty ({path})")
-        try:
-            counts[cam] = len(decord.VideoReader(str(path), num_threads=1))
-        except Exception as e:
-            raise ValueError(f"{annotation}: camera {cam} video unreadable ({e})") from e
-        videos[cam] = path
+        videos[cam] = _video_path(ann, annotation, cam)
+        counts[cam], video_fps[cam] = _count_frames(videos[cam], annotation, cam)
         if counts[cam] != T:
             what = "more" if counts[cam] > T else "fewer"
             notes.append(
@@ -124,12 +211,20 @@ def read_episode(annotation: str | Path, cameras: tuple[int, ...] = (0, 1, 2)) -
     T = min([T, *counts.values()])
     if T < 2:
         raise ValueError(f"{annotation}: fewer than 2 frames with both video and state")
+    if raw_key is not None:
+        fps, sources["fps"] = RAW_HZ / stride, f"{RAW_HZ:g} Hz raw arrays, every {stride}"
+    elif ann.get("fps"):
+        fps, sources["fps"] = float(ann["fps"]), "annotation fps"
+    elif video_fps and max(video_fps.values()) > 0:
+        fps, sources["fps"] = max(video_fps.values()), "video frame rate"
+    else:
+        raise ValueError(f"{annotation}: no frame rate (no raw arrays, no fps, videos without one)")
     text = ann.get("texts", [""])
     return DroidEpisode(
         episode_id=str(ann.get("episode_id", annotation.stem)),
         annotation=annotation,
-        fps=RAW_HZ / stride,
-        ee=states[:T].copy(),
+        fps=fps,
+        ee=ee[:T].copy(),
         joints=joints[:T].copy(),
         joints_observed=joints_obs[:T].copy(),
         videos=videos,
@@ -137,6 +232,8 @@ def read_episode(annotation: str | Path, cameras: tuple[int, ...] = (0, 1, 2)) -
         text=text[0] if isinstance(text, list) and text else str(text or ""),
         success=bool(ann["success"]) if "success" in ann else None,
         notes=notes,
+        fields=sorted(ann),
+        sources=sources,
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from dexwm.data.schema import make_meta, sample_key
 from dexwm.data.shards import ShardJob, Skip, record_notes
 from dexwm.data.video import VideoDecodeError, decode_video, encode_mp4
+from dexwm.io import InputError
 from dexwm.prep.droid import (
     WRIST_CAMERA,
     droid_intrinsics,
@@ -66,7 +67,8 @@ class DroidJob(ShardJob, DroidConfig):
 
     Args:
         root: folder with annotation/<split>/*.json and videos/<split>/<id>/<camera>.mp4.
-        split: the split folder to read.
+        split: which split to read: the folder name under annotation/ and videos/ (e.g. train,
+            val); the error for a missing split lists the splits the root has.
         extrinsics: JSON {episode_id: {camera: [x, y, z, rx, ry, rz]}}: camera poses in the robot
             base frame; without it keypoints stay in the base frame.
     """
@@ -126,8 +128,13 @@ def process_episode(payload: tuple[str, str, dict | None, DroidConfig]) -> list[
                 camera_note="exterior camera: static" if static else "wrist camera: pose unknown",
                 gripper_mapping="DexWM: wrist=EE, 5 angles x 4 radii at EE height, "
                 "open 3/4/5/6 cm, closed (gripper>=0.5) 3/4/3.5/3 cm",
-                ee_source="observation.state (cartesian_position + gripper_position)",
-                joints_source="action.joint_position (commanded)",
+                annotation_fields=ep.fields,
+                ee_source=ep.sources["ee"],
+                joints_source=ep.sources["joints"],
+                joints_observed_source=ep.sources["joints_observed"],
+                fps_source=ep.sources["fps"],
+                actions_derived=f"joints.npy (commanded): {ep.sources['joints']}; DexWM actions: "
+                "differences of the gripper keypoints made from ee.npy, at load time",
                 joints_observed=ep.joints_observed[idx][sl].round(5).tolist(),
                 episode_id=ep.episode_id,
                 camera=cam,
@@ -160,10 +167,13 @@ def process_episode(payload: tuple[str, str, dict | None, DroidConfig]) -> list[
 
 def run(job: DroidJob) -> dict:
     """Convert the episodes to shards (resumable); returns the manifest."""
-    ext = json.loads(Path(job.extrinsics).read_text()) if job.extrinsics else {}
-    episodes = list_episodes(job.root, job.split)
-    if not episodes:
-        raise FileNotFoundError(f"no annotation/{job.split}/*.json under {job.root}")
+    episodes = list_episodes(job.root, job.split)  # InputError: no such root or split
+    ext = {}
+    if job.extrinsics:
+        try:
+            ext = json.loads(Path(job.extrinsics).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{job.extrinsics}: cannot read the extrinsics JSON ({e})") from e
     items = [(p.stem, (str(p), p.stem, ext.get(p.stem), job)) for p in episodes]
     job.run(items, process_episode, desc="episodes", extra={"extrinsics": ext})
     return record_notes(job.out)

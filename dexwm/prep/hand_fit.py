@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from dexwm.data.schema import in_frame
+
 
 def intrinsics_from_fov(height: int, width: int, hfov_deg: float = 60.0) -> np.ndarray:
     """Pinhole K (3, 3) of a `width` x `height` image with horizontal field of view `hfov_deg`,
@@ -31,17 +33,94 @@ def cover_crop(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[float,
     return rh / h0, rw / w0, (rh - h1) // 2, (rw - w1) // 2
 
 
-def resize_crop(frames: np.ndarray, dst_hw: tuple[int, int]) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, *dst_hw, 3): aspect-preserving resize then centred crop."""
+CROPS = ("center", "hands", "letterbox")
+
+
+def letterbox(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[float, float, int, int]:
+    """Resize that fits inside `dst_hw` keeping the aspect, centred, black bars around: the same
+    (scale_y, scale_x, top, left) as cover_crop with top / left <= 0 (minus the bar widths)."""
+    (h0, w0), (h1, w1) = src_hw, dst_hw
+    s = min(h1 / h0, w1 / w0)
+    rh, rw = min(h1, max(1, round(h0 * s))), min(w1, max(1, round(w0 * s)))
+    return rh / h0, rw / w0, -((h1 - rh) // 2), -((w1 - rw) // 2)
+
+
+def hands_crop(
+    src_hw: tuple[int, int], dst_hw: tuple[int, int], uv: np.ndarray, valid: np.ndarray
+) -> tuple[float, float, int, int]:
+    """The cover_crop resize with the crop window slid (along the axis that has room) to keep the
+    most hand keypoints inside; ties go to the window nearest the keypoints' median. One window
+    for all the frames given, so the intrinsics of a segment stay fixed. uv (..., 21, 2) source
+    pixels, valid (...) the hands to keep; no valid hand: the centre crop."""
+    sy, sx, top, left = cover_crop(src_hw, dst_hw)
+    pts = uv[valid].reshape(-1, 2) * np.array([sx, sy])  # resized pixels
+    pts = pts[np.isfinite(pts).all(-1)]
+    slack_v = round(src_hw[0] * sy) - dst_hw[0]  # resized minus stored size
+    slack_u = round(src_hw[1] * sx) - dst_hw[1]
+    axis = 0 if slack_u >= slack_v else 1  # slide along u (wide source) or v (tall source)
+    slack, size = (slack_u, dst_hw[1]) if axis == 0 else (slack_v, dst_hw[0])
+    if len(pts) == 0 or slack <= 0:
+        return sy, sx, top, left
+    x = pts[:, axis]
+    offsets = np.arange(slack + 1)
+    inside = ((x[None] >= offsets[:, None]) & (x[None] < offsets[:, None] + size)).sum(1)
+    best = offsets[inside == inside.max()]
+    want = np.clip(np.median(x) - size / 2, 0, slack)
+    off = int(best[np.argmin(np.abs(best - want))])
+    return (sy, sx, top, off) if axis == 0 else (sy, sx, off, left)
+
+
+def frame_geometry(
+    mode: str,
+    src_hw: tuple[int, int],
+    dst_hw: tuple[int, int],
+    uv: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+) -> tuple[float, float, int, int]:
+    """Source -> stored frame for one segment, by `mode` (one of CROPS): "center" (cover_crop),
+    "hands" (hands_crop over the segment's detections uv (t, 2, 21, 2), valid (t, 2)) or
+    "letterbox"."""
+    if mode == "letterbox":
+        return letterbox(src_hw, dst_hw)
+    if mode == "hands" and uv is not None and valid is not None:
+        return hands_crop(src_hw, dst_hw, uv, valid)
+    if mode not in CROPS:
+        raise ValueError(f"unknown crop {mode!r}; choose one of {CROPS}")
+    return cover_crop(src_hw, dst_hw)
+
+
+def off_frame_counts(uv: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> dict[str, int]:
+    """How many valid hands (T, 2) have keypoints uv (T, 2, 21, 2) (stored-frame pixels) outside
+    the stored frame of `size`: what a sample's meta.json (and, summed, the manifest) carries."""
+    off = valid[..., None] & ~in_frame(uv, size)  # (T, 2, 21)
+    return {
+        "valid_hands": int(valid.sum()),
+        "hands_partly_off_frame": int(off.any(-1).sum()),
+        "valid_keypoints": int(valid.sum()) * uv.shape[-2],
+        "keypoints_off_frame": int(off.sum()),
+    }
+
+
+def resize_crop(
+    frames: np.ndarray,
+    dst_hw: tuple[int, int],
+    geom: tuple[float, float, int, int] | None = None,
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, *dst_hw, 3): aspect-preserving resize, then the crop (or, with
+    negative offsets, the black bars) of `geom` (default: cover_crop, a centred crop)."""
     import cv2
 
-    sy, sx, top, left = cover_crop(frames.shape[1:3], dst_hw)
+    sy, sx, top, left = geom if geom is not None else cover_crop(frames.shape[1:3], dst_hw)
     rh, rw = round(frames.shape[1] * sy), round(frames.shape[2] * sx)
     if (rh, rw) == frames.shape[1:3]:
         out = frames
     else:
         interp = cv2.INTER_AREA if rh < frames.shape[1] else cv2.INTER_LINEAR
         out = np.stack([cv2.resize(f, (rw, rh), interpolation=interp) for f in frames])
+    if top < 0 or left < 0:  # letterbox: paste into black
+        canvas = np.zeros((len(out), *dst_hw, 3), np.uint8)
+        canvas[:, -top : -top + rh, -left : -left + rw] = out
+        return canvas
     return np.ascontiguousarray(out[:, top : top + dst_hw[0], left : left + dst_hw[1]])
 
 

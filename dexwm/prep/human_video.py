@@ -18,10 +18,13 @@ import numpy as np
 from dexwm.data.schema import make_meta, sample_key
 from dexwm.data.shards import ShardJob, Skip, record_notes
 from dexwm.data.video import VideoDecodeError, encode_mp4
+from dexwm.io import InputError
 from dexwm.prep.hand_fit import (
-    cover_crop,
+    CROPS,
     fit_track,
+    frame_geometry,
     intrinsics_from_fov,
+    off_frame_counts,
     resample_indices,
     resize_crop,
     smooth_track,
@@ -29,7 +32,7 @@ from dexwm.prep.hand_fit import (
     transform_uv,
 )
 from dexwm.prep.hands import HandTrack, cached_detector
-from dexwm.prep.video_inputs import list_inputs, open_clip
+from dexwm.prep.video_inputs import IMAGE_EXTS, VIDEO_EXTS, list_inputs, open_clip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +56,11 @@ class HumanVideoConfig:
         max_reproj: reject a hand whose PnP reprojection RMS exceeds this fraction of its
             image size (landmark sets that disagree).
         image_fps: frame rate of image folders.
+        crop: how frames are fitted to `size`: "center" (resize to cover, centred crop: keypoints
+            outside the crop stay valid 3D but are masked in 2D, counted in the manifest),
+            "hands" (resize to cover, the crop window slid per segment to keep the most hand
+            keypoints in frame; fixed within a segment, so its intrinsics hold) or "letterbox"
+            (resize to fit, black bars: nothing cropped, fewer pixels on the hands).
         frames: "mp4" (H.264) or "npy" (raw uint8).
         source: recorded in every sample's meta.json; also starts each key.
         licence: recorded in every sample's meta.json.
@@ -73,6 +81,7 @@ class HumanVideoConfig:
     smooth_window: int = 0
     max_reproj: float = 0.1
     image_fps: float = 30.0
+    crop: str = "center"
     frames: str = "mp4"
     source: str = "human_video"
     licence: str = "unknown"
@@ -82,6 +91,8 @@ class HumanVideoConfig:
             raise ValueError(f"--size must be even (H.264), got {self.size}")
         if self.frames not in ("mp4", "npy"):
             raise ValueError(f"--frames must be mp4 or npy, got {self.frames!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,18 +121,22 @@ class DetectedClip:
 
     chunks: source frame indices per segment; videos: the stored frames per segment (mp4 bytes or
     uint8 arrays); track: detections over all segments at detection size, whose intrinsics are
-    K_det; geom: detection size -> stored size (see dexwm.prep.hand_fit.cover_crop)."""
+    K_det; geom: detection size -> stored size (see dexwm.prep.hand_fit.cover_crop), one for all
+    segments or one per segment."""
 
     path: str
     fps: float
     source_fps: float
     K_det: np.ndarray
-    geom: tuple[float, float, int, int]
+    geom: tuple[float, float, int, int] | list[tuple[float, float, int, int]]
     chunks: list[np.ndarray]
     videos: list
     track: HandTrack
     detector: dict
     notes: list[str]
+
+    def segment_geom(self, k: int) -> tuple[float, float, int, int]:
+        return self.geom[k] if isinstance(self.geom, list) else self.geom
 
 
 def _source_intrinsics(cfg: HumanVideoConfig, size: tuple[int, int]) -> np.ndarray:
@@ -129,6 +144,21 @@ def _source_intrinsics(cfg: HumanVideoConfig, size: tuple[int, int]) -> np.ndarr
         return intrinsics_from_fov(*size, cfg.hfov_deg)
     fx, fy, cx, cy = cfg.intrinsics
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def too_short(n: int, src_fps: float, kept: int, fps: float, cfg: HumanVideoConfig, images: bool):
+    """The reason for skipping a clip that yields fewer frames than one segment's minimum."""
+    need = max(2, cfg.min_segment_frames)
+    why = (
+        f"clip shorter than the minimum at {src_fps:g} fps: {n} frames = {n / src_fps:.2f} s give "
+        f"{kept} frames at {fps:g} fps, fewer than the {need} of --min_segment_frames"
+    )
+    if images:
+        why += (
+            f"; a folder of images is read at --image_fps {src_fps:g}: if its frames were taken "
+            "at a lower rate, pass that rate as --image_fps"
+        )
+    return why
 
 
 def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
@@ -140,6 +170,8 @@ def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
         raise Skip(str(e)) from e
     idx = resample_indices(clip.n, clip.fps, cfg.fps)  # source frame indices kept
     fps = min(cfg.fps or clip.fps, clip.fps)
+    if len(idx) < max(2, cfg.min_segment_frames):
+        raise Skip(too_short(clip.n, clip.fps, len(idx), fps, cfg, clip.kind == "images"))
     det_hw = detection_size(clip.size, cfg.detect_max_side)
     scale = (det_hw[0] / clip.size[0], det_hw[1] / clip.size[1], 0, 0)
     det = cached_detector(
@@ -151,7 +183,7 @@ def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
     )
     seg_len = cfg.segment_frames if cfg.segment_frames > 0 else len(idx)
     chunks = [idx[a : a + seg_len] for a in range(0, len(idx), seg_len)]
-    notes, tracks, videos = [], [], []
+    notes, tracks, videos, geoms = [], [], [], []
     # Decode, detect and encode chunk by chunk (memory stays bounded by one segment); the tracker
     # state runs on across chunks, so the whole clip is tracked as one sequence.
     for k, chunk in enumerate(chunks):
@@ -164,14 +196,15 @@ def detect_clip(path: str, cfg: HumanVideoConfig) -> DetectedClip:
             chunks = chunks[:k]
             break
         tracks.append(det.detect(frames, fps))
-        stored = resize_crop(frames, cfg.size)  # (t, H, W, 3)
+        geoms.append(frame_geometry(cfg.crop, det_hw, cfg.size, tracks[-1].uv, tracks[-1].valid))
+        stored = resize_crop(frames, cfg.size, geoms[-1])  # (t, H, W, 3)
         videos.append(encode_mp4(stored, fps) if cfg.frames == "mp4" else stored)
     return DetectedClip(
         path=str(path),
         fps=fps,
         source_fps=clip.fps,
         K_det=transform_intrinsics(_source_intrinsics(cfg, clip.size), scale),
-        geom=cover_crop(det_hw, cfg.size),
+        geom=geoms,
         chunks=chunks,
         videos=videos,
         track=HandTrack.concat(tracks),
@@ -194,11 +227,16 @@ def clip_to_samples(
     cam, valid, rms = fit_track(track.world, track.uv, track.valid, dc.K_det)  # (T, 2, 21, 3)
     valid &= rms <= cfg.max_reproj * np.maximum(hand_px, 1.0)
     cam = smooth_track(cam, valid, cfg.smooth_window)
-    uv = transform_uv(smooth_track(track.uv, valid, cfg.smooth_window), dc.geom)  # (T, 2, 21, 2)
-    cam, uv = np.where(valid[..., None, None], cam, 0.0), np.where(valid[..., None, None], uv, 0.0)
-    K = transform_intrinsics(dc.K_det, dc.geom)
-
+    uv_det = smooth_track(track.uv, valid, cfg.smooth_window)  # (T, 2, 21, 2) detection pixels
     bounds = np.cumsum([0] + [len(c) for c in dc.chunks])
+    uv = np.concatenate(
+        [
+            transform_uv(uv_det[a:b], dc.segment_geom(k))
+            for k, (a, b) in enumerate(zip(bounds, bounds[1:]))
+        ]
+    )  # (T, 2, 21, 2) stored-frame pixels, each segment by its own crop
+    cam, uv = np.where(valid[..., None, None], cam, 0.0), np.where(valid[..., None, None], uv, 0.0)
+
     keep, notes = [], list(dc.notes)
     for k in range(len(dc.chunks)):
         T, sl = bounds[k + 1] - bounds[k], slice(bounds[k], bounds[k + 1])
@@ -212,6 +250,8 @@ def clip_to_samples(
         raise Skip("; ".join(notes))
     samples = []
     for k, T, sl in keep:
+        geom = dc.segment_geom(k)
+        K = transform_intrinsics(dc.K_det, geom)
         meta = make_meta(
             source=cfg.source,
             embodiment="human",
@@ -224,6 +264,13 @@ def clip_to_samples(
             hfov_deg=None if cfg.intrinsics else cfg.hfov_deg,
             keypoint_frame="camera",
             uv_convention="pixels of the stored frame, pixel centres at i + 0.5",
+            crop=cfg.crop,
+            frame_geometry={
+                "scale_yx": [round(geom[0], 6), round(geom[1], 6)],
+                "top_left": [int(geom[2]), int(geom[3])],
+                "note": "stored pixel = scale x detection pixel - top_left (negative: black bars)",
+            },
+            off_frame=off_frame_counts(uv[sl], valid[sl], cfg.size),
             original_video=dc.path,
             source_fps=dc.source_fps,
             segment=k,
@@ -260,12 +307,17 @@ def process_video(payload: tuple[str, str, str, HumanVideoConfig]) -> list[dict]
 def run(job: HumanVideoJob) -> dict:
     """Convert the inputs to shards (resumable); returns the manifest."""
     root = Path(job.inputs)
+    if not root.exists():
+        raise InputError(f"{root}: does not exist")
     items = []
     for p in list_inputs(root):
         rel = p.relative_to(root).as_posix() if p != root else p.name
         episode = rel.replace("/", "__")
         items.append((rel, (str(p), rel, episode, job)))
     if not items:
-        raise FileNotFoundError(f"no videos, GIFs or image folders under {root}")
+        raise InputError(
+            f"{root}: no inputs in this folder (expected video files {', '.join(VIDEO_EXTS)}, "
+            f"GIFs, or folders of {'/'.join(IMAGE_EXTS)} frames)"
+        )
     job.run(items, process_video, desc="videos")
     return record_notes(job.out)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.data.video import VideoDecodeError, decode_video
+from dexwm.data.video import VideoDecodeError, decode_video, decoder_message
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v")
 GIF_EXTS = (".gif",)
@@ -138,7 +138,9 @@ def open_clip(path: str | Path, image_fps: float = 30.0) -> Clip:
         n, fps = len(vr), float(vr.get_avg_fps())
         h, w = vr[0].shape[:2]
     except Exception as e:
-        raise VideoDecodeError(f"{path}: cannot open ({type(e).__name__}: {e})") from e
+        cause = decoder_message(path)
+        cause = f"{cause} ({type(e).__name__})" if cause else f"{type(e).__name__}: {e}"
+        raise VideoDecodeError(f"{path}: cannot open: {cause}") from e
     if n == 0:
         raise VideoDecodeError(f"{path}: no frames")
     return Clip(path, "video", n, fps if fps > 0 else 30.0, (h, w))

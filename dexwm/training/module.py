@@ -146,7 +146,9 @@ class WorldModelModule(L.LightningModule):
                 batch["hands_uv"][:, 1:], batch["frame_hw"]
             )  # (B, T, 2, 21, 2)
             hm = self.wm.heatmaps(pred)  # (B, T, 12, H, W)
-            losses["hand"] = hand_loss(hm, uv, batch["hands_visible"][:, 1:], self.wm.heatmap_sigma)
+            # per keypoint: a valid hand's points cropped out of the stored frame are not trained
+            vis = batch.get("keypoints_visible", batch["hands_visible"])[:, 1:]
+            losses["hand"] = hand_loss(hm, uv, vis, self.wm.heatmap_sigma)
         k = self.loss_cfg.rollout_steps
         if k > 0:
             C = feats.shape[1] - k
