@@ -44,7 +44,6 @@ from dexwm.data.stages import (
 from dexwm.io import InputError
 
 
-
 @dataclass
 class DataSource:
     """One dataset: shard files, folders holding a manifest.json, globs, brace patterns or URLs."""
