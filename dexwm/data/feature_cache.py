@@ -11,13 +11,13 @@ written are skipped (see dexwm/data/shards.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from collections.abc import Callable
 from dexwm.data.loader import expand_paths
 from dexwm.data.schema import validate_sample
 from dexwm.data.shards import run_shard_job

@@ -42,6 +42,7 @@ from dexwm.data.stages import (
     validated,
 )
 
+
 @dataclass
 class DataSource:
     """One dataset: shard files, folders holding a manifest.json, globs, brace patterns or URLs."""

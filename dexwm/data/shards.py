@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import multiprocessing as mp
-import os
 import shutil
 import tarfile
 import time

@@ -299,5 +299,3 @@ def mixed(
                 del its[i], w[i]
 
     return stage
-
-

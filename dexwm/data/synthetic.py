@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dexwm.keypoints import RIGHT
 from dexwm.data.schema import make_meta, sample_key
 from dexwm.data.shards import run_shard_job
 from dexwm.data.video import encode_mp4
+from dexwm.keypoints import RIGHT
 
 FOCAL, DEPTH = 160.0, 1.0
 
