@@ -28,6 +28,7 @@ from dexwm.control import run_episode  # noqa: E402
 from dexwm.control.episodes import load_policies  # noqa: E402
 from dexwm.control.remote import RemotePolicy  # noqa: E402
 from dexwm.serve import PlanServer, Session, serve  # noqa: E402
+from dexwm.serve.session import FifoLock  # noqa: E402
 
 EPISODES = [("reach", 0), ("grasp", 1), ("place", 2)]
 STEPS = 4  # two plans per episode: the second one warm-starts from the first
@@ -392,7 +393,7 @@ def test_client_calibration_is_used(url, template, frames, rig):
         assert a["costs"] == b["costs"]
     assert any(a["costs"] != b["costs"] for a, b in zip(default, other, strict=True))
 
-    local = Session(template, rig, threading.Lock(), max_side=1024)
+    local = Session(template, rig, FifoLock(), max_side=1024)
     moved = pos + np.array([0.1, -0.2, 0.3])
     ready = local.reset(
         {
@@ -449,6 +450,45 @@ def test_by_default_the_server_listens_on_this_machine_only(template, rig, files
     monkeypatch.setenv("DEXWM_TOKEN", "short")
     with pytest.raises(ValueError, match="at least 16 characters"):
         serve(str(files[0]), str(files[1]), host="0.0.0.0")
+
+
+def test_plans_are_granted_in_arrival_order():
+    lock, order = FifoLock(), []
+
+    def plan(k):
+        with lock:
+            order.append(k)
+
+    threads = []
+    with lock:  # a plan is running; five more ask, one after the other
+        for k in range(5):
+            threads.append(threading.Thread(target=plan, args=(k,)))
+            threads[-1].start()
+            while lock._next != k + 2:  # its ticket is taken
+                time.sleep(0.001)
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_the_first_mpc_policy_is_served_unwrapped_and_never_a_simulator_one():
+    from dexwm.control import MPCPolicy
+    from dexwm.control.baselines import HoldPolicy
+    from dexwm.serve.server import served_policy
+
+    class Wrapper(HoldPolicy):  # e.g. staged goals around a planner
+        def __init__(self, policy):
+            super().__init__()
+            self.policy = policy
+
+    first, second = MPCPolicy(name="first"), MPCPolicy(name="second")
+    assert served_policy([HoldPolicy(), Wrapper(first), second], "c.yaml") is first
+    assert served_policy([HoldPolicy(), second, first], "c.yaml") is second
+    with pytest.raises(ValueError, match="c.yaml has no MPCPolicy"):
+        served_policy([HoldPolicy()], "c.yaml")
+    first.model = "simulator"
+    with pytest.raises(ValueError, match="plans with the simulator"):
+        served_policy([first, second], "c.yaml")
 
 
 def test_a_killed_server_is_reported_and_the_client_reconnects(server, files, token, frames):

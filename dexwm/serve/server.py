@@ -10,8 +10,8 @@ intact. Messages larger than `max_message_mb` are refused by the websocket layer
 connection closes with code 1009; the client checks the limit before sending).
 
 Concurrency: every connection is its own session (own thread, own goal, own warm start); plans
-run one at a time, in arrival order as far as the lock is fair: with c clients each waits for
-up to c - 1 other plans (`timing.queue_s`). A client that leaves mid-plan only loses its reply.
+run one at a time, in arrival order: with c clients each waits for up to c - 1 other plans
+(`timing.queue_s`). A client that leaves mid-plan only loses its reply.
 
 Security: binds 127.0.0.1 unless told otherwise; any other interface needs a token (the
 DEXWM_TOKEN environment variable, >= 16 characters) that every client sends as
@@ -34,7 +34,7 @@ import numpy as np
 
 from dexwm.control.policy import MPCPolicy, Policy
 from dexwm.control.remote import client_module
-from dexwm.serve.session import BadRequest, Session
+from dexwm.serve.session import BadRequest, FifoLock, Session
 
 log = logging.getLogger("dexwm.serve")
 TOKEN_ENV = "DEXWM_TOKEN"
@@ -89,7 +89,7 @@ class PlanServer:
         self.max_sessions, self.max_image_side = max_sessions, max_image_side
         self.max_message_bytes = max_message_bytes
         self.codec = client_module().codec
-        self.lock = threading.Lock()  # one plan at a time
+        self.lock = FifoLock()  # one plan at a time, in arrival order
         self._count = threading.Lock()
         self.sessions = 0
         self.metadata = self._metadata(info or {})
@@ -213,6 +213,7 @@ class PlanServer:
             self.port,
             process_request=self._check_request,
             max_size=self.max_message_bytes,
+            max_queue=4,  # messages buffered per connection before reading pauses (memory bound)
             compression=None,
         ) as server:
             self._server = server
@@ -224,6 +225,19 @@ class PlanServer:
     def shutdown(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+
+
+def served_policy(policies: list[Policy], config: str) -> MPCPolicy:
+    """The first MPC policy of a plan config, unwrapped from a wrapper policy (one with an inner
+    `policy`, e.g. staged goals: the stages are then the client's business); it must plan
+    through the learned model (a simulator-as-model policy needs the sim's state)."""
+    for p in policies:
+        inner = p if isinstance(p, MPCPolicy) else getattr(p, "policy", None)
+        if isinstance(inner, MPCPolicy):
+            if getattr(inner, "model", "learned") != "learned":
+                raise ValueError(f"{config}: {inner.name} plans with the simulator, not servable")
+            return inner
+    raise ValueError(f"{config} has no MPCPolicy to serve")
 
 
 def warm_up(server: PlanServer) -> None:
@@ -273,9 +287,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     cfg = load(evaluate, config)
-    policy = next((p for p in cfg["policies"] or [] if isinstance(p, MPCPolicy)), None)
-    if policy is None:
-        raise ValueError(f"{config} has no MPCPolicy to serve")
+    policy = served_policy(cfg["policies"] or [], config)
     policy.setup(checkpoint)
     rig = Rig("allegro", size=cfg["size"])
     server = PlanServer(

@@ -109,6 +109,27 @@ def check_extrinsics(value: Any) -> tuple[np.ndarray, np.ndarray]:
 # ---- the session ---------------------------------------------------------------------------
 
 
+class FifoLock:
+    """A lock granted in the order it was asked for (threading.Lock promises no order): with c
+    sessions waiting, each plan waits for at most the c - 1 plans asked for before it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self) -> FifoLock:
+        with self._cond:
+            ticket, self._next = self._next, self._next + 1
+            while ticket != self._serving:
+                self._cond.wait()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 @dataclass
 class SessionEpisode:
     """What a policy reads of `rig.episode`: the task (selects cost terms), the index (seeds the
@@ -156,7 +177,7 @@ class Session:
     """One connection's planning state. `lock` serialises the model work of every session (one
     plan at a time); checks run before it is taken, so a bad message never waits."""
 
-    def __init__(self, policy: Policy, rig, lock: threading.Lock, max_side: int) -> None:
+    def __init__(self, policy: Policy, rig, lock: FifoLock, max_side: int) -> None:
         self.policy, self.server_rig, self.lock, self.max_side = fork(policy), rig, lock, max_side
         self.rig: SessionRig | None = None
         self.goal_shape: tuple[int, ...] | None = None
