@@ -8,15 +8,18 @@ Usage:
 
 The in-process policy (the config's first MPC policy) drives a reach episode of the rig for
 `calls` planning calls; its frames and joint targets are recorded and replayed by every client,
-so the server plans exactly what was planned in-process (`identical_actions` checks it).
+so the server plans exactly what was planned in-process (`identical_actions` checks it). With
+one client, every call is made twice in turn, in-process (a second copy of the policy replaying
+the same observations) then through the server, so both see the same machine load.
 Figures per call (the first call of each run is a warm-up and not counted):
-  in_process.plan_s     policy.act in this process (encode + planning), the reference;
-  round_trip_s          client.act, send to reply decoded;
+  in_process.plan_s     policy.act in this process (encode + planning): the reference;
+  round_trip_s          client.act, from sending the request to the reply decoded;
   overhead_s            round trip - the server's own plan time - its queue wait: transport,
                         codec, checks, scheduling (what serving adds to a plan);
+  extra_vs_in_process_s round trip - the in-process time of the same call (1 client: paired),
+                        which also counts any difference in planning speed between processes;
   queue_s               waiting for other clients' plans (plans run one at a time);
-  overhead_vs_plan      overhead p50 / in-process plan p50 (acceptance: <= 10 %); also
-                        against the server's own plan time (overhead_vs_server_plan).
+  *_vs_plan             a p50 above / the in-process plan p50 (acceptance: overhead <= 10 %).
 Without --checkpoint the tiny preset with random predictor weights is used (timing does not
 depend on the weights). Other jobs on the machine inflate every number: the load average is
 stored.
@@ -52,11 +55,9 @@ def stats(values: list[float]) -> dict:
             "mean": float(v.mean()), "n": len(v)}  # fmt: skip
 
 
-def record_episode(policy, calls: int) -> tuple[np.ndarray, list[dict], list[float], list]:
-    """The in-process policy on reach episode 0: goal, observations seen, seconds per act."""
-    from dexwm.sim import Rig
-
-    rig = Rig("allegro", size=128)
+def record_episode(policy, rig, calls: int) -> tuple[np.ndarray, list[dict], list[float], list]:
+    """The in-process policy on reach episode 0: goal, observations seen, seconds per act,
+    targets returned."""
     obs = rig.reset("reach", 0)
     goal = rig.goal_image("reach", 0)
     policy.reset(rig, goal, obs)
@@ -69,7 +70,6 @@ def record_episode(policy, calls: int) -> tuple[np.ndarray, list[dict], list[flo
         actions.append(targets)
         for q in targets:
             obs = rig.step(q)
-    rig.close()
     return goal, seen, times[1:], actions
 
 
@@ -87,24 +87,33 @@ def start_server(checkpoint: str, config: str, threads: int, log: Path) -> tuple
     raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
 
 
-def replay(url: str, goal: np.ndarray, seen: list[dict], out: dict) -> None:
-    """One client: reset, then every recorded observation; per call timings and targets."""
+def replay(url: str, goal: np.ndarray, seen: list[dict], out: dict, local=None) -> None:
+    """One client: reset, then every recorded observation; per call timings and targets. With
+    `local` = (policy, rig), each call is first made in-process by that policy (timed)."""
     from dexwm_client import PlanningClient
 
+    if local is not None:
+        policy, rig = local
+        policy.reset(rig, goal, {"image": goal})
     with PlanningClient(url) as client:
         client.reset(goal, seed=0, task="reach")
         rows = []
         for obs in seen:
+            here = float("nan")
+            if local is not None:
+                t = time.perf_counter()
+                policy.act({"image": obs["image"], "commanded": obs["joints"]})
+                here = time.perf_counter() - t
             targets = client.act(obs)
             t = client.last["timing"]
-            rows.append((t["round_trip_s"], t["plan_s"], t["queue_s"], targets))
+            rows.append((t["round_trip_s"], t["plan_s"], t["queue_s"], here, targets))
     out["rows"] = rows[1:]  # the first call warms up the connection
-    out["targets"] = [r[3] for r in rows]
+    out["targets"] = [r[4] for r in rows]
 
 
-def run_clients(url: str, goal, seen, clients: int) -> dict:
+def run_clients(url: str, goal, seen, clients: int, local=None) -> dict:
     outs = [{} for _ in range(clients)]
-    threads = [threading.Thread(target=replay, args=(url, goal, seen, o)) for o in outs]
+    threads = [threading.Thread(target=replay, args=(url, goal, seen, o, local)) for o in outs]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -112,16 +121,21 @@ def run_clients(url: str, goal, seen, clients: int) -> dict:
         t.join()
     wall = time.perf_counter() - t0
     rows = [r for o in outs for r in o["rows"]]
-    rt, plan, queue = (np.array([r[i] for r in rows]) for i in range(3))
-    return {
+    rt, plan, queue, here = (np.array([r[i] for r in rows]) for i in range(4))
+    out = {
         "clients": clients,
         "round_trip_s": stats(rt),
         "server_plan_s": stats(plan),
         "queue_s": stats(queue),
         "overhead_s": stats(rt - plan - queue),
-        "plans_per_s": clients * len(seen) / wall,
         "targets": [o["targets"] for o in outs],
     }
+    if local is not None:
+        out["in_process_s"] = stats(here)
+        out["extra_vs_in_process_s"] = stats(rt - here)
+    else:
+        out["plans_per_s"] = clients * len(seen) / wall
+    return out
 
 
 def main(
@@ -134,9 +148,11 @@ def main(
     sys.path.append(str(CLIENT))
     from dexwm.control.episodes import load_policies
     from dexwm.control.policy import MPCPolicy
+    from dexwm.sim import Rig
 
     torch.set_num_threads(threads)
     load0 = os.getloadavg()
+    rig = Rig("allegro", size=128)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:  # bench/plan.py's tiny preset with random predictor weights
             spec = importlib.util.spec_from_file_location("bench_plan", ROOT / "bench/plan.py")
@@ -144,15 +160,20 @@ def main(
             spec.loader.exec_module(bench_plan)
             checkpoint = str(Path(tmp) / "tiny.pt")
             bench_plan.build_model("tiny").save(checkpoint)
-        policy = next(p for p in load_policies(config) if isinstance(p, MPCPolicy))
+        # two copies of the served policy: one records the episode, one replays it in turn
+        policy, twin = (
+            next(p for p in load_policies(config) if isinstance(p, MPCPolicy)) for _ in range(2)
+        )
         policy.setup(checkpoint)
-        goal, seen, in_process, actions = record_episode(policy, calls)
+        twin.setup(checkpoint)
+        goal, seen, in_process, actions = record_episode(policy, rig, calls)
         proc, url = start_server(checkpoint, config, threads, Path(tmp) / "server.log")
         try:
-            runs = [run_clients(url, goal, seen, n) for n in (1, 4)]
+            runs = [run_clients(url, goal, seen, 1, (twin, rig)), run_clients(url, goal, seen, 4)]
         finally:
             proc.terminate()
             proc.wait(30)
+    rig.close()
     ref = stats(in_process)
     identical = all(
         np.array_equal(a, b) for r in runs for tg in r.pop("targets") for a, b in zip(tg, actions)
@@ -160,7 +181,8 @@ def main(
     for r in runs:
         r["overhead_vs_plan"] = r["overhead_s"]["p50"] / ref["p50"]
         r["overhead_vs_server_plan"] = r["overhead_s"]["p50"] / r["server_plan_s"]["p50"]
-        r["round_trip_vs_in_process"] = r["round_trip_s"]["p50"] / ref["p50"]
+        if "extra_vs_in_process_s" in r:
+            r["extra_vs_plan"] = r["extra_vs_in_process_s"]["p50"] / r["in_process_s"]["p50"]
     results = {
         "config": config, "policy": policy.name, "planner": repr(policy.planner),
         "calls": calls, "threads": threads, "in_process": {"plan_s": ref},
@@ -172,13 +194,20 @@ def main(
     print(f"in-process plan: p50 {ref['p50'] * 1e3:.1f} ms, p99 {ref['p99'] * 1e3:.1f} ms")
     for r in runs:
         o, rt, q = r["overhead_s"], r["round_trip_s"], r["queue_s"]
-        print(
+        line = (
             f"{r['clients']} client(s): round trip p50 {rt['p50'] * 1e3:.1f} ms p99 "
             f"{rt['p99'] * 1e3:.1f} ms; overhead p50 {o['p50'] * 1e3:.2f} ms p99 "
-            f"{o['p99'] * 1e3:.2f} ms = {r['overhead_vs_plan']:.1%} of the in-process plan "
-            f"({r['overhead_vs_server_plan']:.1%} of the server's); queue p50 "
-            f"{q['p50'] * 1e3:.1f} ms; {r['plans_per_s']:.2f} plans/s"
+            f"{o['p99'] * 1e3:.2f} ms = {r['overhead_vs_plan']:.1%} of the in-process plan"
         )
+        if "extra_vs_in_process_s" in r:
+            e = r["extra_vs_in_process_s"]
+            line += (
+                f"; vs the same call in-process (p50 {r['in_process_s']['p50'] * 1e3:.1f} ms): "
+                f"+{e['p50'] * 1e3:.1f} ms p50 ({r['extra_vs_plan']:+.1%}), +{e['p99'] * 1e3:.1f} ms p99"
+            )
+        else:
+            line += f"; queue p50 {q['p50'] * 1e3:.1f} ms; {r['plans_per_s']:.2f} plans/s"
+        print(line)
     print(f"identical actions (server vs in-process): {identical}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=1, default=str))
