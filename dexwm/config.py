@@ -27,10 +27,13 @@ Target = type | Callable[..., Any]
 
 def parser(target: Target, description: str | None = None) -> ArgumentParser:
     """An argument parser for a dataclass / class (its constructor) or a function: one flag per
-    parameter at the top level (`--fps`, `--probe.steps`), `--config` for YAML files."""
+    parameter at the top level (`--fps`, `--probe.steps`), `--config` for YAML files. A function
+    with a parameter named `config` takes it as a plain value instead (e.g. `plan.py serve
+    --config PLAN.yaml` names the plan config to serve; its own options are flags only)."""
     doc = description or (inspect.getdoc(target) or "").split("\n\n")[0]
     p = ArgumentParser(description=doc)
-    p.add_argument("--config", action="config", help="YAML config file(s); later ones win")
+    if inspect.isclass(target) or "config" not in inspect.signature(target).parameters:
+        p.add_argument("--config", action="config", help="YAML config file(s); later ones win")
     if inspect.isclass(target):
         p.add_class_arguments(target, nested_key=None, fail_untyped=True, sub_configs=True)
     else:
@@ -41,7 +44,10 @@ def parser(target: Target, description: str | None = None) -> ArgumentParser:
 def _build(p: ArgumentParser, target: Target, ns: Namespace):
     """A parsed namespace -> an instance of `target` (a class) or its keyword arguments."""
     init = p.instantiate(ns)
-    kwargs = {k: v for k, v in vars(init).items() if k != "config" and not k.startswith("__")}
+    own = not inspect.isclass(target) and "config" in inspect.signature(target).parameters
+    kwargs = {
+        k: v for k, v in vars(init).items() if (own or k != "config") and not k.startswith("__")
+    }
     return target(**kwargs) if inspect.isclass(target) else kwargs
 
 

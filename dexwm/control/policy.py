@@ -57,6 +57,9 @@ class Policy:
         (None: the policy has none); used to decide when a stage is done."""
         return None
 
+    def close(self) -> None:
+        """Release what `setup` acquired beyond memory (e.g. a server connection)."""
+
 
 def check_goal_image(goal: np.ndarray, obs_image: np.ndarray) -> None:
     if not isinstance(goal, np.ndarray) or goal.dtype != np.uint8 or goal.ndim != 3:
@@ -69,7 +72,9 @@ def check_goal_image(goal: np.ndarray, obs_image: np.ndarray) -> None:
 
 
 class MPCPolicy(Policy):
-    """Model-predictive control through a world model (DexWM's planning loop).
+    """Model-predictive control through a world model (DexWM's planning loop). After each `act`,
+    `last` holds the plan's cost (lowest evaluated), the elites' mean cost per iteration, and the
+    rollouts and iterations it took.
 
     Args:
         planner: CEM / MPPI / GradientPlanner / Chain (default: CEM with DexWM's settings).
@@ -202,8 +207,9 @@ class MPCPolicy(Policy):
         goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
         if any(isinstance(t, KeypointCost) for t in self.costs):
             goal.uv = wm.hand_points(goal_feats)  # (6, 2) encoder-input pixels, right hand
-        if rig.episode is not None:  # privileged goal hand frame, for the orientation term
-            goal.frame = hand_frame(self.space.keypoints(torch.tensor(rig.episode.goal_joints)))
+        goal_joints = getattr(rig.episode, "goal_joints", None)  # privileged: sim episodes only
+        if goal_joints is not None:  # the goal hand frame, for the orientation term
+            goal.frame = hand_frame(self.space.keypoints(torch.tensor(goal_joints)))
         self.objective = Objective(self.costs, goal)
 
     def retarget(self, goal_image: np.ndarray, obs: dict) -> None:
@@ -265,6 +271,12 @@ class MPCPolicy(Policy):
         self.stats["calls"] += 1
         self.stats["evaluations"] += result.evaluations
         self.stats["iterations"] += result.iterations
+        self.last = {
+            "cost": result.best_cost,
+            "costs": list(result.costs),
+            "evaluations": result.evaluations,
+            "iterations": result.iterations,
+        }
         return self.plan[: self.execute].numpy().astype(np.float64)
 
 

@@ -112,6 +112,8 @@ class FeatureCost(CostTerm):
         if not 0 <= change <= 1:
             raise ValueError(f"change must be in [0, 1], got {change}")
         self.kind, self.decay, self.change = kind, decay, change
+        if change > 0:
+            self.name = f"feature_change{change:g}"
 
     def token_weights(self, goal: Goal) -> torch.Tensor | None:
         """(N,) weights of the tokens, or None (uniform)."""

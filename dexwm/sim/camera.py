@@ -66,3 +66,36 @@ class Camera:
             "euler_xyz": matrix_to_euler_xyz(self.R).tolist(),
             "convention": "opencv (x right, y down, z forward); world->cam: (p - position) @ R",
         }
+
+
+@dataclass(frozen=True)
+class CalibratedCamera(Camera):
+    """A camera with measured intrinsics (a real rig's): `intrinsics` (3, 3) for frames of
+    `image_size` = (height, width); `K(size)` rescales them to other frame sizes. `fovy` follows
+    from fy, so the rest of `Camera` works unchanged."""
+
+    intrinsics: np.ndarray | None = None
+    image_size: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_calibration(
+        cls,
+        intrinsics: np.ndarray,
+        image_size: tuple[int, int],
+        position: np.ndarray,
+        rotation: np.ndarray,
+    ) -> CalibratedCamera:
+        """From K (3, 3) at frames of `image_size` (H, W) and the camera pose in the world (the
+        robot base frame): position (3,), rotation (3, 3) whose columns are the OpenCV camera
+        axes (x right, y down, z forward)."""
+        K = np.asarray(intrinsics, float).copy()
+        h = float(image_size[0])
+        fovy = float(np.rad2deg(2 * np.arctan(0.5 * h / K[1, 1])))
+        pos, R = np.asarray(position, float).copy(), np.asarray(rotation, float).copy()
+        return cls(pos, R, fovy, K, (int(image_size[0]), int(image_size[1])))
+
+    def K(self, size: int | tuple[int, int]) -> np.ndarray:
+        """Intrinsics (3, 3) for frames of `size` = side or (height, width)."""
+        h, w = (size, size) if np.isscalar(size) else size
+        sy, sx = h / self.image_size[0], w / self.image_size[1]
+        return self.intrinsics * np.array([[sx], [sy], [1.0]])
