@@ -180,9 +180,10 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
     run = load(
         evaluate, cfg.plan, episodes=cfg.plan_episodes, max_steps=cfg.plan_max_steps,
         out=str(out / "plan"), workers=1, threads=max(1, os.cpu_count() or 1), resume=True,
+        checkpoint=ckpt,
     )  # fmt: skip
     run["policies"] += [RandomPolicy(), OraclePolicy()]
-    res = evaluate(**run, checkpoint=ckpt)
+    res = evaluate(**run)
     return {"folder": str(out / "plan"), "summary": res["summary"]}
 
 
