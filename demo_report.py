@@ -50,6 +50,24 @@ def training_curves(metrics_csvs: list[str], png: Path) -> dict:
     return {k: {"step": s, "value": round(v, 5)} for k, (s, v) in last.items()}
 
 
+def gap_lines(summary: dict) -> list[str]:
+    """The planner (the first policy) against BC and random: success (DexWM thresholds) per
+    task, in percentage points."""
+    planner, *others = summary
+    others = [o for o in ("bc", "random") if o in others]
+    tasks = [t for t in summary[planner] if t != "all"] + ["all"]
+    rows = [f"| task | {planner} | " + " | ".join(f"{o} | {planner} - {o}" for o in others) + " |"]
+    rows.append("|---" * (2 + 2 * len(others)) + "|")
+    for t in tasks:
+        mine = summary[planner][t]["success_dexwm"]
+        cells = [f"{100 * mine:.0f}%"]
+        for o in others:
+            theirs = summary[o][t]["success_dexwm"]
+            cells += [f"{100 * theirs:.0f}%", f"{100 * (mine - theirs):+.0f} pt"]
+        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+    return ["Gap of the planner to the baselines (success, DexWM thresholds):", "", *rows]
+
+
 def _demote(md: str, levels: int = 2) -> str:
     """Embed another Markdown page: its headings go `levels` deeper."""
     return "\n".join(
@@ -138,6 +156,8 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
         md = folder / "summary.md"
         if md.exists():
             lines += [_demote(md.read_text()), ""]
+        if (folder / "summary.json").exists():
+            lines += gap_lines(json.loads((folder / "summary.json").read_text())) + [""]
         # the first episode of every task, for each policy that made videos
         first: dict[tuple[str, str], Path] = {}
         for g in sorted(folder.rglob("*.gif")):

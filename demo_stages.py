@@ -44,13 +44,16 @@ class DemoConfig:
         eval_clips: clips per held-out source.
         probe_steps: keypoint-probe training steps (evaluation model).
         decoder_steps: pixel-decoder training steps (evaluation model).
-        plan: planning config whose policies are the demo's planner (random and the oracle join).
+        bc_steps: training steps of the goal-conditioned BC baseline (on the Allegro features).
+        bc_val_episodes: Allegro episodes BC holds out to pick its best step.
+        plan: planning config whose policies are the demo's planner (BC, random and the oracle
+            join; BC wrapped like the planner, e.g. in the same `Staged` sub-goal switching).
         plan_episodes: planning episodes per task.
         plan_max_steps: control steps per episode (None: the task's budget).
         workers: parallel processes for data preparation.
         seed: data seed.
-        fresh: stages to redo ('sim data', features, train, evaluate, plan); the others are
-            reused when finished.
+        fresh: stages to redo ('sim data', features, train, evaluate, bc, plan); the others
+            are reused when finished.
     """
 
     out: str = "runs/demo"
@@ -67,8 +70,10 @@ class DemoConfig:
     eval_clips: int = 96
     probe_steps: int = 600
     decoder_steps: int = 500
+    bc_steps: int = 3000
+    bc_val_episodes: int = 20
     plan: str = str(REPO / "configs/plan/default.yaml")
-    plan_episodes: int = 3
+    plan_episodes: int = 10
     plan_max_steps: int | None = None
     workers: int = 2
     seed: int = 0
@@ -172,17 +177,32 @@ def stage_eval(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
             "seconds_inside": res.get("seconds")}  # fmt: skip
 
 
-def stage_plan(cfg: DemoConfig, out: Path, ckpt: str) -> dict:
+def stage_bc(cfg: DemoConfig, out: Path) -> dict:
+    from dexwm.control.bc import train_goal_bc
+
+    path = out / "bc.pt"
+    res = train_goal_bc(str(out / "feats/train/allegro"), str(path), steps=cfg.bc_steps,
+                        val_episodes=cfg.bc_val_episodes)  # fmt: skip
+    return {"checkpoint": str(path), "best_val": res["best_val"], "episodes": res["episodes"]}
+
+
+def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
     from dexwm.config import load
-    from dexwm.control import evaluate
+    from dexwm.control import Staged, evaluate
     from dexwm.control.baselines import OraclePolicy, RandomPolicy
+    from dexwm.control.bc import BCPolicy
 
     run = load(
         evaluate, cfg.plan, episodes=cfg.plan_episodes, max_steps=cfg.plan_max_steps,
         out=str(out / "plan"), workers=1, threads=max(1, os.cpu_count() or 1), resume=True,
         checkpoint=ckpt,
     )  # fmt: skip
-    run["policies"] += [RandomPolicy(), OraclePolicy()]
+    baseline = BCPolicy(bc)
+    planner = run["policies"][0]
+    if isinstance(planner, Staged):  # the same sub-goal switching as the planner
+        p = planner
+        baseline = Staged(baseline, p.tasks, p.min_steps, p.patience, p.tolerance, name="bc")
+    run["policies"] += [baseline, RandomPolicy(), OraclePolicy()]
     res = evaluate(**run)
     return {"folder": str(out / "plan"), "summary": res["summary"]}
 
@@ -200,7 +220,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     stages.run("features", lambda: stage_features(cfg, out), "features" in fresh)
     train = stages.run("train", lambda: stage_train(cfg, out), "train" in fresh)
     stages.run("evaluate", lambda: stage_eval(cfg, out, train["checkpoint"]), "evaluate" in fresh)
-    stages.run("plan", lambda: stage_plan(cfg, out, train["checkpoint"]), "plan" in fresh)
+    bc = stages.run("bc", lambda: stage_bc(cfg, out), "bc" in fresh)
+    stages.run(
+        "plan", lambda: stage_plan(cfg, out, train["checkpoint"], bc["checkpoint"]), "plan" in fresh
+    )
     report = write_report(out, stages.done, cfg, wall=time.time() - t0)
     print(f"[demo] report: {report}")
     return report

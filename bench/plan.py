@@ -54,9 +54,11 @@ def matmul_peak(threads: int, n: int = 1536, reps: int = 5) -> float:
 
 
 def default_policy_args() -> dict:
-    """The first MPC policy of configs/plan/default.yaml, as init_args."""
+    """The first MPC policy of configs/plan/default.yaml (inside a `Staged` wrapper or not)."""
     cfg = yaml.safe_load((ROOT / "configs/plan/default.yaml").read_text())
-    return next(p for p in cfg["policies"] if p["class_path"].endswith("MPCPolicy"))
+    specs = [p["init_args"]["policy"] if p["class_path"].endswith("Staged") else p
+             for p in cfg["policies"]]  # fmt: skip
+    return next(p for p in specs if p["class_path"].endswith("MPCPolicy"))
 
 
 def make_policy(spec: dict, chunk: int = 0):

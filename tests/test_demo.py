@@ -20,7 +20,7 @@ def test_demo_quick_end_to_end_and_resumes(tmp_path):
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     stages = json.loads((out / "stages.json").read_text())
-    assert set(stages) == {"sim data", "features", "train", "evaluate", "plan"}
+    assert set(stages) == {"sim data", "features", "train", "evaluate", "bc", "plan"}
     report = (out / "report.md").read_text()
     for section in (
         "Time per stage",
@@ -35,10 +35,11 @@ def test_demo_quick_end_to_end_and_resumes(tmp_path):
     res = json.loads((out / "eval" / "results.json").read_text())
     assert res["checks"]  # model vs baselines per step
     plan = json.loads((out / "plan" / "summary.json").read_text())
-    assert set(plan) == {"cem", "random", "oracle"}
+    assert set(plan) == {"cem", "bc", "random", "oracle"}
+    assert "Gap of the planner to the baselines" in report and "cem - bc" in report
     assert list((out / "plan").rglob("*.gif"))
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     # nothing recomputed: every stage reported as reused, its record untouched
-    assert r.stdout.count("reused") == 5
+    assert r.stdout.count("reused") == 6
     assert json.loads((out / "stages.json").read_text()) == stages
