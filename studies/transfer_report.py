@@ -101,6 +101,7 @@ def plot(out: Path, cfg, arms: dict, z: dict) -> Path:
     bx.set(xlabel="rollout step (0.2 s)", ylabel="paired z (reference - arm) / se",
            title="paired comparisons")  # fmt: skip
     for a in (ax, bx):
+        a.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()
