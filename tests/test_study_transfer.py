@@ -1,0 +1,52 @@
+"""The transfer study end to end at tiny sizes (`study.py --quick`): real sim episodes, features,
+training, evaluation and planning for the four arms; the report and study.json hold every arm's
+numbers and the paired z tables; a second run reuses every stage."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # ~1.5 min on 2 cores
+def test_study_quick_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(ROOT / "study.py"), "--quick", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = json.loads((out / "stages.json").read_text())
+    arms = ("A", "B", "C", "D")
+    for a in arms:
+        assert {f"train {a}", f"evaluate {a}", f"plan {a}"} <= set(stages)
+        # the per-clip errors are run_eval's clips: their means are its per-step numbers
+        assert stages[f"evaluate {a}"]["result"]["clip_errors_vs_run_eval"] < 1e-4
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["arms"]) == set(arms)
+    H = 4  # eval_horizon of configs/study/quick.yaml
+    for a in study["arms"].values():
+        assert len(a["error"]["model"]["mean"]) == H
+        assert {"copy_last", "shuffled_actions"} <= set(a["error"])
+        assert a["pck"]["model"] and 0.0 <= a["plan_success"] <= 1.0
+        assert set(a["seconds"]) == {"train", "evaluate", "plan"}
+    assert set(study["paired_z"]) == {"B vs A", "C vs copy_last", "D vs A"}
+    assert all(len(z["z"]) == H and z["clips"] >= 2 for z in study["paired_z"].values())
+    assert [g["met"] in (True, False, None) for g in study["goals"]] == [True] * 3
+    # A's Allegro episodes are a subset of D's, and B's are A's
+    src = {n: {s["name"]: s["paths"] for s in a["sources"]} for n, a in study["arms"].items()}
+    assert set(src["A"]["allegro"]) < set(src["D"]["allegro"])
+    assert src["B"]["allegro"] == src["A"]["allegro"] and "allegro" not in src["C"]
+    report = (out / "report.md").read_text()
+    for text in ("## Goals", "## Paired z per step", "B vs A", "C vs copy_last", "## Time",
+                 "Arm D", "shuffled_actions", "Planning success"):  # fmt: skip
+        assert text in report
+    assert (out / "report_files" / "error_vs_step.png").stat().st_size > 0
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("reused") == len(stages)  # nothing recomputed
+    assert json.loads((out / "stages.json").read_text()) == stages
