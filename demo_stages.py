@@ -63,14 +63,14 @@ class DemoConfig:
     heldout: int = 24
     frames: int = 40
     size: int = 128
-    train_steps: int = 900
+    train_steps: int = 600
     batch_size: int = 32
     eval: str | None = None
     eval_horizon: int = 15
-    eval_clips: int = 96
-    probe_steps: int = 600
-    decoder_steps: int = 500
-    bc_steps: int = 3000
+    eval_clips: int = 48
+    probe_steps: int = 300
+    decoder_steps: int = 200
+    bc_steps: int = 1500
     bc_val_episodes: int = 20
     plan: str = str(REPO / "configs/plan/default.yaml")
     plan_episodes: int = 10
@@ -194,7 +194,8 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
 
     run = load(
         evaluate, cfg.plan, episodes=cfg.plan_episodes, max_steps=cfg.plan_max_steps,
-        out=str(out / "plan"), workers=1, threads=max(1, os.cpu_count() or 1), resume=True,
+        out=str(out / "plan"), workers=cfg.workers, resume=True,
+        threads=max(1, (os.cpu_count() or 1) // cfg.workers),
         checkpoint=ckpt,
     )  # fmt: skip
     baseline = BCPolicy(bc)
