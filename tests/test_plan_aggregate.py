@@ -20,7 +20,7 @@ from dexwm.control.bc import BCPolicy, train_goal_bc  # noqa: E402
 from dexwm.control.collect import write_episode_shard  # noqa: E402
 from dexwm.data.clips import ClipConfig, make_clips  # noqa: E402
 from dexwm.data.schema import validate_sample  # noqa: E402
-from dexwm.models.encoders import EncoderSpec, FrozenEncoder  # noqa: E402
+from dexwm.models.encoders import FrozenEncoder  # noqa: E402
 from dexwm.planning import CEM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def collected(rig, tmp_path_factory):
     cache_features(
         str(folder / "shards" / "*.tar"),
         folder / "feats",
-        EncoderSpec().to_dict(),
+        tiny_model(perturb=False).encoder_spec.to_dict(),  # the features the tiny preset reads
         FrozenEncoder,
         progress=False,
     )

@@ -12,6 +12,7 @@ from _data import synthetic_feats
 from dexwm.data.clips import ClipConfig
 from dexwm.data.datamodule import ShardDataModule
 from dexwm.data.loader import DataSource
+from dexwm.models.encoders import EncoderSpec
 from dexwm.models.hand_head import HandHeadConfig
 from dexwm.models.losses import feature_loss
 from dexwm.models.predictor import PredictorConfig
@@ -155,12 +156,14 @@ def test_train_cli_killed_run_resumes_from_last(handful, tmp_path):
         "--trainer.val_check_interval", "null", "--trainer.limit_val_batches", "0",
         "--checkpoint.every_n_train_steps", "4", "--trainer.log_every_n_steps", "1",
         "--trainer.max_steps", "60", "--ckpt_path", "last",
+        "--model.encoder.stage", "-1",  # the synthetic shards' features: the default spec's 4x4
     ]  # fmt: skip
     last = tmp_path / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]  # still training
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     saved = torch.load(last, weights_only=True)["global_step"]
@@ -169,7 +172,7 @@ def test_train_cli_killed_run_resumes_from_last(handful, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = torch.load(last, weights_only=True)
     assert ckpt["global_step"] == 60
-    assert ckpt["dexwm"]["config"]["model"]["predictor"]["dim"] == 192
+    assert ckpt["dexwm"]["config"]["model"]["predictor"]["dim"] == 128  # from tiny.yaml
     logs = sorted((tmp_path / "logs").glob("version_*/metrics.csv"))
     assert len(logs) == 2 and (logs[0].parent / "config.yaml").exists()
     import csv
@@ -188,3 +191,15 @@ def test_bad_config_errors(handful, tmp_path):
     assert r.returncode != 0 and "timm has no model 'not_a_model'" in r.stderr
     with pytest.raises(ValueError, match="at least one source"):
         ShardDataModule(train=[])
+
+
+def test_features_of_another_encoder_are_named(handful, tmp_path):
+    """The tiny preset reads the 8x8 stride-16 stage (112 wide); features cached with the default
+    spec (4x4 x 320) must fail with a message that says so, not a broadcasting error."""
+    module = WorldModelModule(
+        encoder=EncoderSpec(stage=3),
+        predictor=PredictorConfig(dim=64, depth=2, heads=4, max_frames=3),
+        hand_head=HandHeadConfig(dim=32, depth=1, heads=2, scale=0.5),
+    )
+    with pytest.raises(ValueError, match="features are 320 wide.*gives 112"):
+        trainer(max_steps=1).fit(module, datamodule(handful))

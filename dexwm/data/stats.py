@@ -87,6 +87,12 @@ def compute_stats(
                 if f is None and encode is not None:
                     f = encode(torch.from_numpy(clip["frames"])).numpy()
                 if f is not None:
+                    if feat.s is not None and f.shape[-1:] != feat.s.shape:
+                        raise InputError(
+                            f"{', '.join(map(str, src.paths))}: features of width {f.shape[-1]}, "
+                            f"earlier sources {feat.s.shape[0]}: these sources' features were "
+                            "cached with different encoders (re-cache them with one spec)"
+                        )
                     feat.add(f)
                 n += 1
                 bar.update(1)

@@ -115,6 +115,14 @@ class WorldModelModule(L.LightningModule):
                     "feature normalisation needs feature statistics: compute them on shards with cached "
                     "features (python -m data_prep.stats), or set model.feature_norm: false"
                 )
+            D = self.wm.shape["dim"]
+            if self.wm.feature_norm and len(stats["feat_mean"]) != D:
+                raise ValueError(
+                    f"the training features are {len(stats['feat_mean'])} wide, the model's encoder "
+                    f"({self.wm.encoder_spec.name}, stage {self.wm.encoder_spec.stage}) gives {D}: "
+                    "cache the features with the model's encoder spec, or set model.encoder to "
+                    "the spec they were cached with"
+                )
             if self.wm.feature_norm:
                 self.wm.feat_norm.set_stats(
                     torch.tensor(stats["feat_mean"]), torch.tensor(stats["feat_std"])
