@@ -52,6 +52,11 @@ class Arm:
             0..n-1 of that embodiment's pool.
         weights: mixing weight per source (an embodiment, or "human"); 1 when not given.
         human: also train on the study's human-video shards (`human`), when it names some.
+        init: the arm whose trained model this arm starts from (pretrain, then fine-tune on this
+            arm's data: DexWM's recipe); it must come earlier in the study's arm list. Its
+            normalisation statistics come with it (unless `stats_from` is given).
+        stats_from: the sources (embodiment names, "human") the normalisation statistics are
+            fitted on; None: all the arm's training sources.
     """
 
     name: str
@@ -59,6 +64,8 @@ class Arm:
     episodes: dict[str, int] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     human: bool = False
+    init: str | None = None
+    stats_from: list[str] | None = None
 
 
 @dataclass(kw_only=True)
@@ -189,6 +196,14 @@ def load_arms(cfg: StudyConfig) -> list[Arm]:
             raise ValueError(f"arm {a.name}: episodes per {EMBODIMENTS} (>= 0), got {a.episodes}")
         if not any(a.episodes.values()) and not (a.human and cfg.human):
             raise ValueError(f"arm {a.name}: no training data")
+    for i, a in enumerate(arms):
+        if a.init is not None and a.init not in names[:i]:
+            raise ValueError(f"arm {a.name}: init {a.init!r} must name an arm listed before it")
+        if a.init is not None and a.stats_from is not None:
+            raise ValueError(f"arm {a.name}: init brings its statistics; drop stats_from")
+        sources = {e for e, n in a.episodes.items() if n > 0} | ({"human"} if a.human and cfg.human else set())  # fmt: skip
+        if a.stats_from is not None and (not a.stats_from or set(a.stats_from) - sources):
+            raise ValueError(f"arm {a.name}: stats_from {a.stats_from} must name its sources {sorted(sources)}")  # fmt: skip
     return arms
 
 
@@ -220,6 +235,7 @@ class Study:
         data = self.out / "data" / f"{cfg.frames}f-{cfg.size}px-seed{cfg.seed}"
         self.shards, self.feats = data / "shards", data / f"feats-{digest(self.spec)}"
         self.stages = Stages(self.out, cfg.fresh)
+        self.trained: dict[str, dict] = {}  # arm name -> {key, checkpoint} of its trained model
 
     # ---- data --------------------------------------------------------------------------------
     def pool_folders(self) -> dict[str, tuple[str, int, int]]:
@@ -276,16 +292,44 @@ class Study:
         name = next(n for n in self.pool_folders() if n.startswith("heldout/"))
         return {"paths": [str(self.feats / name)], "name": "allegro_heldout"}
 
+    def alignment(self) -> dict:
+        """How the embodiments' data line up (studies.transfer_alignment), one stage."""
+        from studies.transfer_alignment import alignment, clip_config
+
+        first = {e: [str(self.shards / f"{e}/{cs[0][0]}-{cs[0][1]}")] for e, cs in self.chunks.items() if cs}  # fmt: skip
+        fitted: dict[str, list[dict]] = {}  # arm -> the sources its statistics come from
+        for a in self.arms:
+            src = self.train_sources(a)
+            if a.init is not None:
+                src = fitted[a.init]
+            elif a.stats_from is not None:
+                src = [s for s in src if s["name"] in a.stats_from]
+            fitted[a.name] = src
+        target = {"name": "allegro", "paths": [str(self.feats / f"allegro/{a}-{b}")
+                  for a, b in self.chunks["allegro"] if b <= self.cfg.probe_episodes]}  # fmt: skip
+        clip = clip_config(self.cfg.model, self.cfg.train)
+        return self.stages.run(
+            "alignment", digest(first, fitted, target, str(clip)),
+            lambda: alignment(first, fitted, target, clip),
+        )  # fmt: skip
+
     # ---- one arm -----------------------------------------------------------------------------
     def run_arm(self, arm: Arm) -> dict:
         cfg, folder = self.cfg, self.out / "arms" / arm.name
         sources = self.train_sources(arm)
-        key = digest(sources, cfg.train_steps, cfg.batch_size, cfg.seed, file_text(cfg.model),
-                     file_text(cfg.train))  # fmt: skip
+        init = None if arm.init is None else self.trained[arm.init]
+        parts = [sources, cfg.train_steps, cfg.batch_size, cfg.seed, file_text(cfg.model),
+                 file_text(cfg.train)]  # fmt: skip
+        if init is not None or arm.stats_from is not None:  # keys of earlier arms stay as they were
+            parts += [init and init["key"], arm.stats_from]
+        key = digest(*parts)
         train = self.stages.run(
-            f"train {arm.name}", key, lambda: train_arm(cfg, sources, self.heldout(), folder / "train"),
+            f"train {arm.name}", key,
+            lambda: train_arm(cfg, sources, self.heldout(), folder / "train",
+                              init=init and init["checkpoint"], stats_from=arm.stats_from),
             folder / "train",
         )  # fmt: skip
+        self.trained[arm.name] = {"key": key, "checkpoint": train["checkpoint"]}
         probe = {"paths": [str(self.feats / f"allegro/{a}-{b}") for a, b in self.chunks["allegro"]
                            if b <= cfg.probe_episodes], "name": "allegro_probe"}  # fmt: skip
         ev_key = digest(key, file_text(cfg.eval), cfg.eval_horizon, cfg.eval_clips,
@@ -315,6 +359,8 @@ def run_study(cfg: StudyConfig) -> Path:
     study.out.mkdir(parents=True, exist_ok=True)
     study.prepare()
     arms = {arm.name: study.run_arm(arm) for arm in study.arms}
-    report = write_report(study.out, cfg, arms, study.stages.done, wall=time.time() - t0)
+    align = study.alignment()
+    report = write_report(study.out, cfg, arms, study.stages.done, wall=time.time() - t0,
+                          alignment=align)  # fmt: skip
     print(f"[study] report: {report}", flush=True)
     return report

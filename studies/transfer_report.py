@@ -139,8 +139,11 @@ def _arm_section(name: str, arm: dict) -> list[str]:
     return lines
 
 
-def write_report(out: Path, cfg, arms: dict, stages: dict, wall: float) -> Path:
-    """report.md and study.json in `out` from the arms' stage records; -> report.md."""
+def write_report(
+    out: Path, cfg, arms: dict, stages: dict, wall: float, alignment: dict | None = None
+) -> Path:
+    """report.md and study.json in `out` from the arms' stage records (and the sources'
+    alignment, studies.transfer_alignment); -> report.md."""
     z = comparisons(cfg, arms)
     checks = goals(cfg, arms, z)
     png = plot(out, cfg, arms, z)
@@ -176,6 +179,10 @@ def write_report(out: Path, cfg, arms: dict, stages: dict, wall: float) -> Path:
         for name, r in z.items():
             cells = [f"{_f(v, '{:.2f}')} ({d:+.4f})" for v, d in zip(r["z"], r["diff"])]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if alignment:
+        from studies.transfer_alignment import alignment_lines
+
+        lines += [""] + alignment_lines(alignment)
     lines += ["", "## Time", "", "| part | seconds |", "|---|---|", f"| data (sim + features, shared) | {data_s:.0f} |"]  # fmt: skip
     lines += [f"| arm {n} (train + evaluate + plan) | {s:.0f} |" for n, s in arm_s.items()]
     lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
@@ -190,7 +197,7 @@ def write_report(out: Path, cfg, arms: dict, stages: dict, wall: float) -> Path:
         "arms": {n: {"error": a["eval"]["error"], "pck": a["eval"]["pck"],
                      "plan_success": plan_success(a), "plan": a["plan"]["summary"],
                      "seconds": a["seconds"], "sources": a["sources"]} for n, a in arms.items()},
-        "config": asdict(cfg),
+        "alignment": alignment, "config": asdict(cfg),
     })  # fmt: skip
     path = out / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())

@@ -10,9 +10,17 @@ from pathlib import Path
 from dexwm.io import atomic_write_json
 
 
-def train_arm(cfg, sources: list[dict], val: dict, folder: Path) -> dict:
+def train_arm(
+    cfg,
+    sources: list[dict],
+    val: dict,
+    folder: Path,
+    init: str | None = None,
+    stats_from: list[str] | None = None,
+) -> dict:
     """`train.py fit` on the arm's sources with the study's preset, steps and seed (resumes from
-    last.ckpt)."""
+    last.ckpt); init: a checkpoint to start from (fine-tuning); stats_from: the source names the
+    normalisation statistics are fitted on."""
     import torch
 
     from dexwm.training.cli import fit
@@ -29,6 +37,8 @@ def train_arm(cfg, sources: list[dict], val: dict, folder: Path) -> dict:
             "--trainer.limit_val_batches", "4", "--checkpoint.every_n_train_steps", str(every),
             "--trainer.default_root_dir", str(folder), "--ckpt_path", "last",
             "--seed_everything", str(cfg.seed),
+            *(["--model.init_from", init] if init else []),
+            *(["--data.stats_sources", json.dumps(stats_from)] if stats_from else []),
         ])  # fmt: skip
     return {"checkpoint": str(ckpt), "steps": cfg.train_steps}
 

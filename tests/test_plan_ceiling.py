@@ -60,6 +60,21 @@ def test_per_task_settings(rig, wm):
         policy.reset(rig, rig.goal_image(task, 0), obs)
         assert policy.execute == k and float(policy.std[0, -1]) == pytest.approx(std)
         assert float(policy.std[0, 0]) == pytest.approx(0.3)  # std_arm: common setting
+    # "task/k": from the k-th goal of a staged task on (grasp: hand fixed once lifting)
+    policy = MPCPolicy(CEM(samples=4, elites=2, iterations=1), std_hand=0.1, horizon=3, execute=2,
+                       per_task={"grasp/1": {"std_hand": 0.01}}).use_model(wm)  # fmt: skip
+    for _ in range(2):  # a new episode starts at stage 0 again
+        obs = rig.reset("grasp", 1)
+        first, lifted = rig.goal_images("grasp", 1)
+        policy.reset(rig, first, obs)
+        assert float(policy.std[0, -1]) == pytest.approx(0.1)
+        policy.retarget(lifted, obs)
+        assert float(policy.std[0, -1]) == pytest.approx(0.01)
+        assert float(policy.std[0, 0]) == pytest.approx(0.3) and policy.execute == 2
+    with pytest.raises(ValueError, match="stage key"):
+        MPCPolicy(per_task={"grasp/1": {"horizon": 2}})
+    with pytest.raises(ValueError, match="stage key"):
+        MPCPolicy(per_task={"grasp/lift": {"std_hand": 0.0}})
     with pytest.raises(ValueError, match="unknown settings"):
         MPCPolicy(per_task={"place": {"temperature": 1.0}})
     with pytest.raises(ValueError, match="execute"):

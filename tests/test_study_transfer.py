@@ -41,8 +41,20 @@ def test_study_quick_end_to_end_and_resumes(tmp_path):
     src = {n: {s["name"]: s["paths"] for s in a["sources"]} for n, a in study["arms"].items()}
     assert set(src["A"]["allegro"]) < set(src["D"]["allegro"])
     assert src["B"]["allegro"] == src["A"]["allegro"] and "allegro" not in src["C"]
+    # how the sources line up: one camera, the right-hand slot, the gripper's 21 points span 4 cm
+    align = study["alignment"]
+    src = align["sources"]
+    assert set(src) == {"allegro", "shadow", "panda_gripper"}
+    assert all(s["camera_position"] == src["allegro"]["camera_position"] for s in src.values())
+    assert all(s["hand_slot"]["right"] == 1.0 for s in src.values())
+    assert max(src["panda_gripper"]["span_cm"]) < 6 < min(src["allegro"]["span_cm"])
+    rows = {tuple(r["arms"]): r for r in align["normalisation"]}
+    assert set(rows) == {("B",), ("C",)}
+    assert rows[("C",)]["fitted_on"] == ["shadow", "panda_gripper"]
+    assert all(r["action"]["std_ratio"] > 0 for r in rows.values())
     report = (out / "report.md").read_text()
     for text in ("## Goals", "## Paired z per step", "B vs A", "C vs copy_last", "## Time",
+                 "## How the sources line up",
                  "Arm D", "shuffled_actions", "Planning success"):  # fmt: skip
         assert text in report
     assert (out / "report_files" / "error_vs_step.png").stat().st_size > 0
@@ -50,3 +62,30 @@ def test_study_quick_end_to_end_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("reused") == len(stages)  # nothing recomputed
     assert json.loads((out / "stages.json").read_text()) == stages
+
+
+def test_arm_settings_are_checked(tmp_path):
+    """Arms that start from another arm's model or fit their statistics on some sources: wrong
+    names fail before anything runs."""
+    from studies.transfer import StudyConfig, load_arms
+
+    def arms(*texts):
+        paths = []
+        for i, text in enumerate(texts):
+            paths.append(str(tmp_path / f"arm{i}.yaml"))
+            Path(paths[-1]).write_text(text)
+        cfg = StudyConfig(arms=paths, heldout=1, frames=4, train_steps=1, eval_horizon=1,
+                          eval_clips=1, plan_episodes=1)  # fmt: skip
+        return load_arms(cfg)
+
+    C = "name: C\nepisodes: {shadow: 2}\n"
+    F = "name: F\nepisodes: {allegro: 2}\ninit: C\n"
+    assert [a.init for a in arms(C, F)] == [None, "C"]
+    with pytest.raises(ValueError, match="listed before"):
+        arms(F, C)
+    with pytest.raises(ValueError, match="stats_from"):
+        arms("name: B\nepisodes: {allegro: 2, shadow: 2}\nstats_from: [panda_gripper]\n")
+    with pytest.raises(ValueError, match="drop stats_from"):
+        arms(C, F + "stats_from: [allegro]\n")
+    b = arms("name: B\nepisodes: {allegro: 2, shadow: 2}\nstats_from: [allegro]\n")[0]
+    assert b.stats_from == ["allegro"]

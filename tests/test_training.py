@@ -203,3 +203,26 @@ def test_features_of_another_encoder_are_named(handful, tmp_path):
     )
     with pytest.raises(ValueError, match="features are 320 wide.*gives 112"):
         trainer(max_steps=1).fit(module, datamodule(handful))
+
+
+def test_statistics_from_named_sources_only(handful, tmp_path_factory):
+    """data.stats_sources: the normalisers are fitted on the named sources alone (e.g. the target
+    embodiment's when other robots are mixed in), not on the pooled mix."""
+    from dexwm.data.stats import compute_stats
+
+    other = synthetic_feats(tmp_path_factory, episodes=8, T=6)
+    train = [DataSource([str(handful)], name="target"), DataSource([str(other)], name="other")]
+    for names, sources in ((["target"], train[:1]), (None, train)):
+        dm = ShardDataModule(train=train, clip=CLIP, batch_size=12, shuffle=0, stats_clips=64,
+                             stats_sources=names)  # fmt: skip
+        module = tiny_module()
+        trainer(max_steps=1).fit(module, dm)
+        want = compute_stats(sources, CLIP, 64, progress=False)
+        torch.testing.assert_close(
+            module.wm.feat_norm.mean, torch.tensor(want["feat_mean"], dtype=torch.float32)
+        )
+        if names:
+            target_mean = module.wm.feat_norm.mean.clone()
+    assert not torch.allclose(target_mean, module.wm.feat_norm.mean)  # the pooled ones differ
+    with pytest.raises(ValueError, match="stats_sources"):
+        ShardDataModule(train=train, clip=CLIP, stats_sources=["robot"])

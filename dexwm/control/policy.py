@@ -95,7 +95,10 @@ class MPCPolicy(Policy):
             candidate executed on the rig (SimRollout) and encoded with the same encoder.
         per_task: settings that differ per task, e.g. {place: {std_hand: 0.01}} (DexWM keeps
             the hand nearly fixed when placing); keys: horizon, execute, std_arm, std_hand,
-            max_step_arm, max_step_hand.
+            max_step_arm, max_step_hand. "task/k" keys apply from the k-th `retarget` of an
+            episode on (stage k of a `Staged` task, counted from 0), on top of the task's:
+            e.g. {"grasp/1": {std_hand: 0.01}} keeps the closed hand fixed while lifting;
+            stages may change the std and max_step settings only.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -135,6 +138,14 @@ class MPCPolicy(Policy):
             unknown = set(over) - set(search)
             if unknown:
                 raise ValueError(f"per_task[{task!r}]: unknown settings {sorted(unknown)}")
+            if "/" in task:
+                base, _, k = task.partition("/")
+                if not k.isdigit() or {"horizon", "execute"} & set(over):
+                    raise ValueError(
+                        f"per_task[{task!r}]: a stage key is 'task/<stage number>' and may set "
+                        "std_arm, std_hand, max_step_arm, max_step_hand only"
+                    )
+                over = {**self.per_task.get(base, {}), **over}
             _check_search({**search, **over})
         _check_search(search)
         self.search = search
@@ -155,9 +166,10 @@ class MPCPolicy(Policy):
         self.wm = None
         self.replicas = None
 
-    def _apply_search(self, task: str | None) -> None:
-        """The search settings for `task` (per_task overrides on top of the common ones)."""
-        s = {**self.search, **self.per_task.get(task, {})}
+    def _apply_search(self, task: str | None, stage: int = 0) -> None:
+        """The search settings for `task` at `stage` (per_task overrides on top of the common
+        ones, "task/stage" overrides on top of those)."""
+        s = {**self.search, **self.per_task.get(task, {}), **self.per_task.get(f"{task}/{stage}", {})}  # fmt: skip
         self.horizon, self.execute = int(s["horizon"]), int(s["execute"])
         self.std_arm, self.std_hand = float(s["std_arm"]), float(s["std_hand"])
         arm, hand = s["max_step_arm"], s["max_step_hand"]
@@ -182,20 +194,24 @@ class MPCPolicy(Policy):
     def reset(self, rig, goal_image: np.ndarray, obs: dict) -> None:
         super().reset(rig, goal_image, obs)
         check_goal_image(goal_image, obs["image"])
-        self.rig = rig
+        self.rig, self.stage = rig, 0
         self._apply_search(rig.episode.task if rig.episode else None)
         if getattr(self, "_space_rig", None) is not rig:
             self.space, self._space_rig = JointSpace.from_rig(rig), rig
-        self.space.max_step = None if self.max_step is None else self.space.spread(*self.max_step)
+        self._set_spread()
         self._set_goal(goal_image)
         self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (feats, commanded joints)
         self.plan = None
         self.generator = torch.Generator().manual_seed(
             self.seed + (rig.episode.index if rig.episode else 0)
         )
-        self.std = self.space.spread(self.std_arm, self.std_hand)[None].expand(self.horizon, -1)
         if self.prior is not None:
             self.prior.reset(rig, goal_image, obs)
+
+    def _set_spread(self) -> None:
+        """The joint space's step limit and the search std from the current settings."""
+        self.space.max_step = None if self.max_step is None else self.space.spread(*self.max_step)
+        self.std = self.space.spread(self.std_arm, self.std_hand)[None].expand(self.horizon, -1)
 
     def _set_goal(self, goal_image: np.ndarray) -> None:
         """The objective of this goal image (features encoded once, hand points if needed)."""
@@ -215,6 +231,9 @@ class MPCPolicy(Policy):
     def retarget(self, goal_image: np.ndarray, obs: dict) -> None:
         check_goal_image(goal_image, obs["image"])
         self._set_goal(goal_image)
+        self.stage += 1
+        self._apply_search(self.rig.episode.task if self.rig.episode else None, self.stage)
+        self._set_spread()
         if self.prior is not None:
             self.prior.retarget(goal_image, obs)
 

@@ -29,8 +29,11 @@ class ShardDataModule(L.LightningDataModule):
         on_bad: str = "raise",
         stats_clips: int = 2000,
         stats_file: str | None = None,
+        stats_sources: list[str] | None = None,
         seed: int = 0,
     ) -> None:
+        """stats_sources: names of the train sources the normalisation statistics are fitted on
+        (e.g. only the target embodiment's when other embodiments are mixed in); None: all."""
         super().__init__()
         self.train_sources = [source_from(s) for s in (train or [])]
         if not self.train_sources:
@@ -47,7 +50,21 @@ class ShardDataModule(L.LightningDataModule):
             stats_file,
             seed,
         )
+        self.stats_sources = None if stats_sources is None else list(stats_sources)
+        if self.stats_sources is not None:
+            names = [s.name for s in self.train_sources]
+            missing = [n for n in self.stats_sources if n not in names]
+            if missing or not self.stats_sources:
+                raise ValueError(
+                    f"data.stats_sources {self.stats_sources}: name train sources (named: {names})"
+                )
         self.epoch = Epoch()
+
+    def stats_train_sources(self) -> list[DataSource]:
+        """The train sources the normalisation statistics are fitted on."""
+        if self.stats_sources is None:
+            return self.train_sources
+        return [s for s in self.train_sources if s.name in self.stats_sources]
 
     def set_epoch(self, epoch: int) -> None:
         """Called at the start of every training epoch: reseeds shard order, shuffling, sampling."""
