@@ -186,6 +186,16 @@ def stage_bc(cfg: DemoConfig, out: Path) -> dict:
     return {"checkpoint": str(path), "best_val": res["best_val"], "episodes": res["episodes"]}
 
 
+def _use_bc(policy, bc: str) -> None:
+    """Point a planner's BC prior (configs/plan/default.yaml centres its search on BC's plan) at
+    the BC this demo trained."""
+    from dexwm.control.bc import BCPolicy
+
+    inner = getattr(policy, "policy", policy)  # inside a `Staged` wrapper or not
+    if isinstance(getattr(inner, "prior", None), BCPolicy):
+        inner.prior.checkpoint = bc
+
+
 def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
     from dexwm.config import load
     from dexwm.control import Staged, evaluate
@@ -200,6 +210,7 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
     )  # fmt: skip
     baseline = BCPolicy(bc)
     planner = run["policies"][0]
+    _use_bc(planner, bc)
     if isinstance(planner, Staged):  # the same sub-goal switching as the planner
         p = planner
         baseline = Staged(baseline, p.tasks, p.min_steps, p.patience, p.tolerance, name="bc")

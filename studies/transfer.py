@@ -84,7 +84,8 @@ class StudyConfig:
         model: model preset (read, never copied); relative paths are read from the repository.
         train: training config.
         eval: evaluation config (its data, checkpoint, out_dir and baselines are the study's).
-        plan: planning config: its first policy is the planner whose success is compared.
+        plan: planning config: its first policy is the planner whose success is compared (MPC
+            through the model alone: the default planner's BC prior would steer the plans).
         human: folders of human-video shards (data_prep.human_video); arms with `human: true`
             train on their features too.
         episode_scale: every arm's episode counts times this, rounded up (tiny runs).
@@ -119,7 +120,7 @@ class StudyConfig:
     model: str = "configs/model/tiny.yaml"
     train: str = "configs/train/tiny.yaml"
     eval: str | None = "configs/eval/tiny.yaml"
-    plan: str = "configs/plan/default.yaml"
+    plan: str = "configs/plan/model_only.yaml"
     human: list[str] = field(default_factory=list)
     episode_scale: float = 1.0
     size: int = 128

@@ -155,3 +155,25 @@ def test_aggregation_round_collects_finetunes_and_replans(tmp_path, collected):
         aggregate(
             str(ckpt), policy, [], str(tmp_path / "x"), eval_episodes=[1], collect_episodes=[1]
         )
+
+
+def test_plan_configs_load_and_the_default_centres_on_bc():
+    """Every planning config builds; the default planner searches around BC's plan, the
+    model-only one (the transfer study's) has no prior, eval.yaml holds both and the baselines."""
+    from dexwm.control import Staged
+    from dexwm.control.episodes import load_policies
+
+    def inner(p):
+        return p.policy if isinstance(p, Staged) else p
+
+    for f in sorted((ROOT / "configs/plan").glob("*.yaml")):
+        if f.read_text().startswith("policies:") or "\npolicies:" in f.read_text():
+            assert load_policies(str(f)), f
+    (default,) = load_policies(str(ROOT / "configs/plan/default.yaml"))
+    assert isinstance(inner(default).prior, BCPolicy) and inner(default).prior_mean
+    (alone,) = load_policies(str(ROOT / "configs/plan/model_only.yaml"))
+    assert inner(alone).prior is None
+    names = [p.name for p in load_policies(str(ROOT / "configs/plan/eval.yaml"))]
+    assert names == ["cem", "cem-model-only", "bc", "hold", "random", "oracle"]
+    with pytest.raises(FileNotFoundError, match="plan.py bc"):
+        BCPolicy("no/such/bc.pt").setup()

@@ -10,6 +10,7 @@ compressed per token, current + goal tokens and the current joints go through an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -175,6 +176,12 @@ class BCPolicy(Policy):
 
         if self.net is not None:
             return
+        if not Path(self.checkpoint).is_file():
+            raise FileNotFoundError(
+                f"{self.name}: no goal-conditioned BC checkpoint at {self.checkpoint}: train one "
+                "with `python plan.py bc --shards FEATURES --out PATH` (the default planner uses it "
+                "as its search prior) and give its path"
+            )
         ck = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         self.net = GoalBC(GoalBCConfig(**ck["config"]))
         self.net.load_state_dict(ck["state_dict"])
