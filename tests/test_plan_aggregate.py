@@ -177,3 +177,7 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
     assert names == ["cem", "cem-model-only", "bc", "hold", "random", "oracle"]
     with pytest.raises(FileNotFoundError, match="plan.py bc"):
         BCPolicy("no/such/bc.pt").setup()
+    # a missing prior fails before any worker starts, with the same message
+    inner(default).prior.checkpoint = "no/such/bc.pt"
+    with pytest.raises(FileNotFoundError, match="plan.py bc"):
+        evaluate([default], tasks=["reach"], episodes=1, workers=2, checkpoint="no/such/wm.ckpt")

@@ -171,17 +171,20 @@ class BCPolicy(Policy):
         self.checkpoint, self.execute, self.name = checkpoint, execute, name
         self.net = None
 
-    def setup(self, checkpoint: str | None = None) -> None:
-        from dexwm.models.encoders import FrozenEncoder
-
-        if self.net is not None:
-            return
+    def check(self) -> None:
         if not Path(self.checkpoint).is_file():
             raise FileNotFoundError(
                 f"{self.name}: no goal-conditioned BC checkpoint at {self.checkpoint}: train one "
                 "with `python plan.py bc --shards FEATURES --out PATH` (the default planner uses it "
                 "as its search prior) and give its path"
             )
+
+    def setup(self, checkpoint: str | None = None) -> None:
+        from dexwm.models.encoders import FrozenEncoder
+
+        if self.net is not None:
+            return
+        self.check()
         ck = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         self.net = GoalBC(GoalBCConfig(**ck["config"]))
         self.net.load_state_dict(ck["state_dict"])

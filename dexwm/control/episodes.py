@@ -189,6 +189,8 @@ def evaluate(
         raise ValueError(f"episodes must lie in 0..{N_EPISODES - 1}, got {episodes}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    for p in policies:  # missing files fail here, not inside a worker process
+        p.check()
     out = Path(out) if out is not None else None
     done: list[dict] = []
     if out is not None:

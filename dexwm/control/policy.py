@@ -38,6 +38,9 @@ class Policy:
 
     name = "policy"
 
+    def check(self) -> None:
+        """Raise now if what `setup` will load is missing (called once, before any worker)."""
+
     def setup(self, checkpoint: str | None) -> None:
         """Load what the policy needs (called once per worker process, before any episode)."""
 
@@ -183,6 +186,10 @@ class MPCPolicy(Policy):
         self.replicas = replicate(self.wm, self.devices) if self.devices else None
         if self.prior is not None:
             self.prior.setup(checkpoint)
+
+    def check(self) -> None:
+        if self.prior is not None:
+            self.prior.check()
 
     def use_model(self, wm) -> MPCPolicy:
         """Plan with an already loaded world model (tests, notebooks)."""

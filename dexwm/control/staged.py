@@ -34,6 +34,9 @@ class Staged(Policy):
         self.min_steps, self.patience, self.tolerance = min_steps, patience, tolerance
         self.name = name or policy.name
 
+    def check(self) -> None:
+        self.policy.check()
+
     def setup(self, checkpoint: str | None) -> None:
         self.policy.setup(checkpoint)
 
