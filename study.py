@@ -9,7 +9,7 @@ Usage:
 
 Prepares what is missing (simulated episodes per embodiment, cached features, the held-out
 Allegro episodes), then per arm (configs/study/arms/*.yaml): trains the model preset, evaluates it
-on the held-out Allegro clips, plans the Allegro tasks with the default planner; writes
+on the held-out Allegro clips, plans the Allegro tasks with MPC through the model alone; writes
 <out>/report.md (tables, paired z, goal checks, time per arm), study.json and a plot. A second
 run reuses finished stages.
 """

@@ -3,9 +3,9 @@
 Every arm trains the same model preset for the same steps with the same seed on its own data mix,
 then is measured the same way: open-loop rollouts on the same held-out Allegro episodes (`run_eval`:
 feature error per step beside copy-last and shuffled actions, PCK with one shared keypoint probe),
-per-clip errors for paired z between arms (`studies.paired`), and MPC planning on the Allegro tasks
-with the default planner (`dexwm.control.evaluate`). `python study.py` runs it; `report.md` holds
-the numbers, the goal checks and a plot.
+per-clip errors for paired z between arms (`studies.paired`), and planning on the Allegro tasks
+with MPC through the model alone (`dexwm.control.evaluate`, configs/plan/model_only.yaml).
+`python study.py` runs it; `report.md` holds the numbers, the goal checks and a plot.
 
 Data. Episodes of an embodiment form one pool, indexed from 0 and seeded by (seed, index): an arm
 with n episodes trains on indices 0..n-1, so an arm with fewer episodes of an embodiment holds a
@@ -57,6 +57,8 @@ class Arm:
             normalisation statistics come with it (unless `stats_from` is given).
         stats_from: the sources (embodiment names, "human") the normalisation statistics are
             fitted on; None: all the arm's training sources.
+        seed: training seed of this arm (None: the study's); an arm that repeats another with a
+            new seed measures run-to-run variation of training.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Arm:
     human: bool = False
     init: str | None = None
     stats_from: list[str] | None = None
+    seed: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -323,11 +326,14 @@ class Study:
                  file_text(cfg.train)]  # fmt: skip
         if init is not None or arm.stats_from is not None:  # keys of earlier arms stay as they were
             parts += [init and init["key"], arm.stats_from]
+        if arm.seed is not None:
+            parts += [{"seed": arm.seed}]
         key = digest(*parts)
         train = self.stages.run(
             f"train {arm.name}", key,
             lambda: train_arm(cfg, sources, self.heldout(), folder / "train",
-                              init=init and init["checkpoint"], stats_from=arm.stats_from),
+                              init=init and init["checkpoint"], stats_from=arm.stats_from,
+                              seed=arm.seed),
             folder / "train",
         )  # fmt: skip
         self.trained[arm.name] = {"key": key, "checkpoint": train["checkpoint"]}

@@ -17,10 +17,11 @@ def train_arm(
     folder: Path,
     init: str | None = None,
     stats_from: list[str] | None = None,
+    seed: int | None = None,
 ) -> dict:
     """`train.py fit` on the arm's sources with the study's preset, steps and seed (resumes from
     last.ckpt); init: a checkpoint to start from (fine-tuning); stats_from: the source names the
-    normalisation statistics are fitted on."""
+    normalisation statistics are fitted on; seed: the training seed (None: the study's)."""
     import torch
 
     from dexwm.training.cli import fit
@@ -36,7 +37,7 @@ def train_arm(
             "--trainer.max_steps", str(cfg.train_steps), "--trainer.val_check_interval", str(every),
             "--trainer.limit_val_batches", "4", "--checkpoint.every_n_train_steps", str(every),
             "--trainer.default_root_dir", str(folder), "--ckpt_path", "last",
-            "--seed_everything", str(cfg.seed),
+            "--seed_everything", str(cfg.seed if seed is None else seed),
             *(["--model.init_from", init] if init else []),
             *(["--data.stats_sources", json.dumps(stats_from)] if stats_from else []),
         ])  # fmt: skip
@@ -97,7 +98,7 @@ def evaluate_arm(
 
 
 def plan_arm(cfg, checkpoint: str, folder: Path) -> dict:
-    """The plan config's policies (the default planner) on the Allegro tasks (resumable)."""
+    """The plan config's policies (MPC through the model alone) on the Allegro tasks (resumable)."""
     from dexwm.config import load
     from dexwm.control import evaluate
 

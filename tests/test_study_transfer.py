@@ -89,3 +89,4 @@ def test_arm_settings_are_checked(tmp_path):
         arms(C, F + "stats_from: [allegro]\n")
     b = arms("name: B\nepisodes: {allegro: 2, shadow: 2}\nstats_from: [allegro]\n")[0]
     assert b.stats_from == ["allegro"]
+    assert arms("name: A\nepisodes: {allegro: 2}\nseed: 1\n")[0].seed == 1
