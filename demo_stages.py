@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -87,10 +88,20 @@ class Stages:
         self.path = out / "stages.json"
         self.done: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
 
-    def run(self, name: str, fn: Callable[[], dict], fresh: bool = False) -> dict:
+    def run(
+        self, name: str, fn: Callable[[], dict], fresh: bool = False, outputs: tuple[Path, ...] = ()
+    ) -> dict:
+        """fresh: redo the stage from scratch, its `outputs` removed first (the stages resume
+        inside themselves from what an interrupted run left, which a redo must not reuse)."""
         if name in self.done and not fresh:
             print(f"[demo] {name}: done before ({self.done[name]['seconds']:.0f} s), reused")
             return self.done[name]["result"]
+        if fresh:
+            for path in outputs:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
         print(f"[demo] {name} ...", flush=True)
         t0 = time.time()
         result = fn()
@@ -228,14 +239,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     stages = Stages(out)
     fresh = set(cfg.fresh)
     t0 = time.time()
-    stages.run("sim data", lambda: stage_sim(cfg, out), "sim data" in fresh)
-    stages.run("features", lambda: stage_features(cfg, out), "features" in fresh)
-    train = stages.run("train", lambda: stage_train(cfg, out), "train" in fresh)
-    stages.run("evaluate", lambda: stage_eval(cfg, out, train["checkpoint"]), "evaluate" in fresh)
-    bc = stages.run("bc", lambda: stage_bc(cfg, out), "bc" in fresh)
-    stages.run(
-        "plan", lambda: stage_plan(cfg, out, train["checkpoint"], bc["checkpoint"]), "plan" in fresh
-    )
+    stages.run("sim data", lambda: stage_sim(cfg, out), "sim data" in fresh, (out / "shards",))
+    stages.run("features", lambda: stage_features(cfg, out), "features" in fresh, (out / "feats",))
+    train = stages.run("train", lambda: stage_train(cfg, out), "train" in fresh, (out / "train",))
+    stages.run("evaluate", lambda: stage_eval(cfg, out, train["checkpoint"]), "evaluate" in fresh,
+               (out / "eval",))  # fmt: skip
+    bc = stages.run("bc", lambda: stage_bc(cfg, out), "bc" in fresh, (out / "bc.pt",))
+    stages.run("plan", lambda: stage_plan(cfg, out, train["checkpoint"], bc["checkpoint"]),
+               "plan" in fresh, (out / "plan",))  # fmt: skip
     report = write_report(out, stages.done, cfg, wall=time.time() - t0)
     print(f"[demo] report: {report}")
     return report

@@ -43,3 +43,25 @@ def test_demo_quick_end_to_end_and_resumes(tmp_path):
     # nothing recomputed: every stage reported as reused, its record untouched
     assert r.stdout.count("reused") == 6
     assert json.loads((out / "stages.json").read_text()) == stages
+
+
+def test_a_fresh_stage_starts_from_nothing(tmp_path):
+    """`--fresh '[plan]'` redoes a stage without the records an earlier run left in its folder
+    (the planning stage resumes from episodes.jsonl, which a redo must not reuse)."""
+    sys.path.insert(0, str(ROOT))
+    from demo_stages import Stages
+
+    folder = tmp_path / "plan"
+
+    def stage():
+        folder.mkdir(exist_ok=True)
+        log = folder / "episodes.jsonl"
+        seen = log.read_text() if log.exists() else ""
+        log.write_text(seen + "record\n")
+        return {"records": (seen + "record\n").count("record")}
+
+    stages = Stages(tmp_path)
+    assert stages.run("plan", stage, outputs=(folder,)) == {"records": 1}
+    assert stages.run("plan", stage, outputs=(folder,)) == {"records": 1}  # reused, not rerun
+    (folder / "episodes.jsonl").write_text("record\nrecord\n")  # what an interrupted redo left
+    assert stages.run("plan", stage, fresh=True, outputs=(folder,)) == {"records": 1}

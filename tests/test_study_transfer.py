@@ -90,3 +90,22 @@ def test_arm_settings_are_checked(tmp_path):
     b = arms("name: B\nepisodes: {allegro: 2, shadow: 2}\nstats_from: [allegro]\n")[0]
     assert b.stats_from == ["allegro"]
     assert arms("name: A\nepisodes: {allegro: 2}\nseed: 1\n")[0].seed == 1
+
+
+def test_human_video_joins_the_arms_that_ask_for_it(tmp_path):
+    """--human: arms with `human: true` (B, C) train on the human shards' features as one more
+    source with their weight; A and D do not; the feature stage caches each human folder."""
+    from studies.transfer import Study, StudyConfig
+
+    cfg = StudyConfig(arms=[str(ROOT / f"configs/study/arms/{a}.yaml") for a in "ABCD"],
+                      heldout=1, frames=4, train_steps=1, eval_horizon=1, eval_clips=1,
+                      plan_episodes=1, out=str(tmp_path / "study"),
+                      human=[str(tmp_path / "h0"), str(tmp_path / "h1")])  # fmt: skip
+    study = Study(cfg)
+    src = {a.name: {s["name"]: s for s in study.train_sources(a)} for a in study.arms}
+    assert "human" not in src["A"] and "human" not in src["D"]
+    for arm in ("B", "C"):
+        human = src[arm]["human"]
+        assert human["paths"] == [str(study.feats / "human/0"), str(study.feats / "human/1")]
+        assert human["weight"] == 1.0
+    assert src["B"]["allegro"]["weight"] == 2.0
