@@ -54,7 +54,7 @@ class Arm:
         human: also train on the study's human-video shards (`human`), when it names some.
         init: the arm whose trained model this arm starts from (pretrain, then fine-tune on this
             arm's data: DexWM's recipe); it must come earlier in the study's arm list. Its
-            normalisation statistics come with it (unless `stats_from` is given).
+            normalisation statistics come with it (so `stats_from` cannot be given too).
         stats_from: the sources (embodiment names, "human") the normalisation statistics are
             fitted on; None: all the arm's training sources.
         seed: training seed of this arm (None: the study's); an arm that repeats another with a

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dexwm.data.actions import keypoint_actions_static
+from dexwm.data.actions import HAND_DIMS, keypoint_actions_static
 from dexwm.data.clips import ClipConfig
-from dexwm.data.loader import DataSource, expand_paths
+from dexwm.data.loader import expand_paths, source_from
 from dexwm.data.stages import shard_samples
 from dexwm.data.stats import compute_stats
+from dexwm.keypoints import FINGERTIPS
 
-TIPS = [4, 8, 12, 16, 20]  # thumb, index, middle, ring, little fingertips (MediaPipe order)
-RIGHT = slice(63, 126)  # the right hand's 63 action dims (dexwm.data.actions)
+TIPS = list(FINGERTIPS)  # thumb, index, middle, ring, little
+RIGHT = slice(HAND_DIMS // 2, HAND_DIMS)  # the right hand's action dims (dexwm.data.actions)
 
 
 def source_summary(paths: list[str], max_samples: int = 64) -> dict:
@@ -73,11 +74,8 @@ def normalisation_shift(fitted_on: list[dict], target: dict, clip: ClipConfig, m
     the target's signals are shrunk by that normaliser) and the shift of the mean in units of the
     target's std; medians over the target's moving hand dims and over feature channels."""
 
-    def ds(s: dict) -> DataSource:
-        return DataSource(paths=s["paths"], weight=s.get("weight", 1.0), name=s["name"])
-
-    fitted = compute_stats([ds(s) for s in fitted_on], clip, max_clips, progress=False)
-    own = compute_stats([ds(target)], clip, max_clips, progress=False)
+    fitted = compute_stats([source_from(s) for s in fitted_on], clip, max_clips, progress=False)
+    own = compute_stats([source_from(target)], clip, max_clips, progress=False)
     out = {"fitted_on": [s["name"] for s in fitted_on], "target": target["name"]}
     for key in ("action", "feat"):
         if f"{key}_std" not in own or f"{key}_std" not in fitted:

@@ -100,9 +100,8 @@ class WorldModelModule(L.LightningModule):
             if getattr(dm, "stats_file", None):  # precomputed (python -m data_prep.stats)
                 stats = load_stats(dm.stats_file)
             else:
-                sources = getattr(dm, "stats_train_sources", lambda: dm.train_sources)()
                 stats = compute_stats(
-                    sources,
+                    dm.stats_train_sources(),
                     dm.clip,
                     dm.stats_clips,
                     encode=lambda f: self.wm.encoder(f).cpu(),
