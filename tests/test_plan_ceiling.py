@@ -81,6 +81,30 @@ def test_per_task_settings(rig, wm):
         MPCPolicy(horizon=3, per_task={"grasp": {"execute": 4}})
 
 
+def test_hold_margin_keeps_still_unless_a_plan_pays(rig, wm):
+    """With the simulator as the model and the true distance as the cost: far from the goal the
+    best plan beats holding still (margin 0: it moves); a margin of 0.99 asks for a 99 % cut
+    that no 2-step plan gives, so it holds (repeats the current targets) and counts it."""
+
+    def policy(margin):
+        return MPCPolicy(CEM(samples=8, elites=2, iterations=1), costs=[TrueDistanceCost()],
+                         horizon=2, execute=2, std_arm=0.1, model="simulator", seed=1,
+                         per_task={"reach": {"hold_margin": margin}}).use_model(wm)  # fmt: skip
+
+    moved = {}
+    for margin in (0.0, 0.99):
+        p = policy(margin)
+        obs = rig.reset("reach", 3)
+        p.reset(rig, rig.goal_image("reach", 3), obs)
+        targets = p.act(obs)
+        moved[margin] = float(np.abs(targets - obs["commanded"]).max())
+        assert p.stats["holds"] == (margin == 0.99) and p.last["evaluations"] == 8 + 2
+    assert moved[0.0] > 0.01 and moved[0.99] < 1e-6  # float32 targets
+    with pytest.raises(ValueError, match="hold_margin"):
+        MPCPolicy(hold_margin=1.0)
+    MPCPolicy(per_task={"grasp/1": {"hold_margin": 0.1}})  # a stage may set it
+
+
 class Scripted(Policy):
     """Holds still; its distance to the goal follows a script (one value per decision)."""
 

@@ -116,3 +116,36 @@ def test_killed_job_resumes_without_losing_episodes(tmp_path):
     keys = sorted(s["__key__"] for s in read_all(out))
     assert keys == [f"sim_panda_gripper/ep{i:06d}/front/0" for i in range(4)]
     assert json.loads((out / "manifest.json").read_text()) == read_manifest(out)
+
+
+def _palm_angle(rig, q) -> float:
+    """Angle (rad) between the palm orientation at joints q and at rest."""
+    r0, r = rig.commanded(rig.home)["palm_rot"], rig.commanded(q)["palm_rot"]
+    return float(np.arccos(np.clip((np.trace(r0.T @ r) - 1) / 2, -1, 1)))
+
+
+def test_pose_segment_reaches_orientations_the_sweeps_do_not():
+    """The `pose` segment ends in a valid pose (hand above the table, palm in the sweep box)
+    and, unlike the IK sweeps (tilt <= 0.35 rad, yaw <= 0.6 rad), often turns the palm further."""
+    from dexwm.sim.explore import PALM_BOX, POSE_MIN_HEIGHT
+
+    rig = Rig("allegro", size=64)
+    explorer = Explorer(rig)
+    rng = np.random.default_rng(0)
+    ends, sweeps = [], []
+    for _ in range(12):
+        steps = explorer._segment(rng, "pose", rig.home)
+        assert len(steps) >= 5, "a pose segment interpolates over at least 5 steps"
+        np.testing.assert_allclose(steps[0], rig.home, atol=0.35)  # starts near where it was
+        ends.append(steps[-1])
+        sweeps.append(explorer._segment(rng, "sweep", rig.home)[-1])
+    for q in ends:  # the pose, after a few settling steps of 0.03 rad: a few cm at most
+        cmd = rig.commanded(q)
+        assert cmd["keypoints"][:, 2].min() > POSE_MIN_HEIGHT - 0.03
+        lo, hi = PALM_BOX[0] - 0.05, PALM_BOX[1] + 0.05
+        assert (lo <= cmd["palm_pos"]).all() and (cmd["palm_pos"] <= hi).all()
+        assert (rig.joint_limits[:, 0] <= q).all() and (q <= rig.joint_limits[:, 1]).all()
+    pose_angles = [_palm_angle(rig, q) for q in ends]
+    sweep_angles = [_palm_angle(rig, q) for q in sweeps]
+    assert max(sweep_angles) < 0.75  # yaw 0.6 and tilt 0.35 at most
+    assert max(pose_angles) > 0.75 and np.mean(pose_angles) > 1.5 * np.mean(sweep_angles)

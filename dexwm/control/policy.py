@@ -88,6 +88,9 @@ class MPCPolicy(Policy):
         std_arm, std_hand: initial search std (rad) of arm / hand joint targets.
         max_step_arm, max_step_hand: largest change of a joint target per control step (rad), or
             None: keeps plans within the motion range the model was trained on.
+        hold_margin: None, or hold still (repeat the current joint targets) unless the plan's
+            predicted cost is lower than holding's, predicted by the same model, by more than
+            this fraction; stops the search from wandering off a reached goal on model noise.
         warm_start: start from the previous plan shifted by `execute` (else from q_0 repeated).
         use: execute the planner's final "mean" or its "best" evaluated plan.
         prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
@@ -98,10 +101,10 @@ class MPCPolicy(Policy):
             candidate executed on the rig (SimRollout) and encoded with the same encoder.
         per_task: settings that differ per task, e.g. {place: {std_hand: 0.01}} (DexWM keeps
             the hand nearly fixed when placing); keys: horizon, execute, std_arm, std_hand,
-            max_step_arm, max_step_hand. "task/k" keys apply from the k-th `retarget` of an
+            max_step_arm, max_step_hand, hold_margin. "task/k" keys apply from the k-th `retarget` of an
             episode on (stage k of a `Staged` task, counted from 0), on top of the task's:
             e.g. {"grasp/1": {std_hand: 0.01}} keeps the closed hand fixed while lifting;
-            stages may change the std and max_step settings only.
+            stages may change the std, max_step and hold_margin settings only.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -118,6 +121,7 @@ class MPCPolicy(Policy):
         std_hand: float = 0.1,
         max_step_arm: float | None = None,
         max_step_hand: float | None = None,
+        hold_margin: float | None = None,
         warm_start: bool = True,
         use: str = "mean",
         prior: Policy | None = None,
@@ -135,7 +139,8 @@ class MPCPolicy(Policy):
         if context < 1:
             raise ValueError(f"context must be >= 1, got {context}")
         search = dict(horizon=horizon, execute=execute, std_arm=std_arm, std_hand=std_hand,
-                      max_step_arm=max_step_arm, max_step_hand=max_step_hand)  # fmt: skip
+                      max_step_arm=max_step_arm, max_step_hand=max_step_hand,
+                      hold_margin=hold_margin)  # fmt: skip
         self.per_task = {k: dict(v) for k, v in (per_task or {}).items()}
         for task, over in self.per_task.items():
             unknown = set(over) - set(search)
@@ -146,7 +151,7 @@ class MPCPolicy(Policy):
                 if not k.isdigit() or {"horizon", "execute"} & set(over):
                     raise ValueError(
                         f"per_task[{task!r}]: a stage key is 'task/<stage number>' and may set "
-                        "std_arm, std_hand, max_step_arm, max_step_hand only"
+                        "std_arm, std_hand, max_step_arm, max_step_hand, hold_margin only"
                     )
                 over = {**self.per_task.get(base, {}), **over}
             _check_search({**search, **over})
@@ -177,6 +182,7 @@ class MPCPolicy(Policy):
         self.std_arm, self.std_hand = float(s["std_arm"]), float(s["std_hand"])
         arm, hand = s["max_step_arm"], s["max_step_hand"]
         self.max_step = None if arm is None else (float(arm), float(hand))
+        self.hold_margin = None if s["hold_margin"] is None else float(s["hold_margin"])
 
     def setup(self, checkpoint: str | None) -> None:
         path = self.checkpoint or checkpoint
@@ -203,6 +209,7 @@ class MPCPolicy(Policy):
         check_goal_image(goal_image, obs["image"])
         self.rig, self.stage = rig, 0
         self._apply_search(rig.episode.task if rig.episode else None)
+        self.stats["holds"] = 0  # calls that kept the joints still (hold_margin)
         if getattr(self, "_space_rig", None) is not rig:
             self.space, self._space_rig = JointSpace.from_rig(rig), rig
         self._set_spread()
@@ -294,13 +301,22 @@ class MPCPolicy(Policy):
         )
         plan = result.mean if self.use == "mean" else result.best
         self.plan = self.space.limit(q0, plan)  # (H, J): what the model was shown
+        evaluations = result.evaluations
+        if self.hold_margin is not None:  # move only if the model expects it to pay
+            hold = q0.expand(self.horizon, -1)
+            x = torch.stack([self.plan, hold])
+            c = self.objective(rollout(x), x).reshape(-1)
+            evaluations += 2
+            if not c[0] < c[1] * (1.0 - self.hold_margin):
+                self.plan = hold.clone()
+                self.stats["holds"] = self.stats.get("holds", 0) + 1
         self.stats["calls"] += 1
-        self.stats["evaluations"] += result.evaluations
+        self.stats["evaluations"] += evaluations
         self.stats["iterations"] += result.iterations
         self.last = {
             "cost": result.best_cost,
             "costs": list(result.costs),
-            "evaluations": result.evaluations,
+            "evaluations": evaluations,
             "iterations": result.iterations,
         }
         return self.plan[: self.execute].numpy().astype(np.float64)
@@ -313,6 +329,8 @@ def _check_search(s: dict) -> None:
         raise ValueError(f"execute must be in 1..horizon={s['horizon']}, got {s['execute']}")
     if s["std_arm"] < 0 or s["std_hand"] < 0:
         raise ValueError("std_arm and std_hand must be >= 0")
+    if s["hold_margin"] is not None and not 0 <= s["hold_margin"] < 1:
+        raise ValueError(f"hold_margin must be None or in [0, 1), got {s['hold_margin']}")
     if (s["max_step_arm"] is None) != (s["max_step_hand"] is None):
         raise ValueError("give both max_step_arm and max_step_hand, or neither")
     if s["max_step_arm"] is not None and (s["max_step_arm"] <= 0 or s["max_step_hand"] <= 0):

@@ -7,6 +7,10 @@ An episode is a seeded random program of segments, joint targets interpolated be
   attempts that push, topple or lift it);
 - fingers: the hand opens/closes in place;
 - jitter: a few planner-like random joint steps around the current targets;
+- pose (Allegro): the arm to a random joint-space pose near rest (each arm joint off rest by
+  N(0, 0.4) rad), fingers to a random shape, a few small steps there: palm orientations 20-90 deg
+  off palm-down, which the IK-driven sweeps (tilt <= 0.35 rad) rarely show and half the reach
+  task's goals need (their palms: median 35 deg, 90th percentile 61 deg off rest);
 - carry (Allegro): the scripted grasp of the tasks' oracle, then the held object carried to a
   random spot and height, set down and let go (the data a model needs to predict holding and
   placing, as in DexWM's place).
@@ -30,11 +34,14 @@ from dexwm.sim.scene import OBJECT_NAMES
 FPS = 10
 OBJECT_X, OBJECT_Y = (0.42, 0.64), (-0.18, 0.14)
 PALM_BOX = (np.array([0.35, -0.25, 0.06]), np.array([0.68, 0.2, 0.32]))  # sweep targets (world)
-SEGMENTS = ("sweep", "contact", "fingers", "jitter", "carry")
+SEGMENTS = ("sweep", "contact", "fingers", "jitter", "carry", "pose")
 SEGMENT_P = {  # per embodiment: carrying needs the Allegro grasp geometry (dexwm.sim.grasps)
-    "allegro": (0.3, 0.25, 0.1, 0.15, 0.2),
-    "other": (0.35, 0.35, 0.15, 0.15, 0.0),
+    "allegro": (0.2, 0.15, 0.05, 0.1, 0.2, 0.3),
+    "other": (0.35, 0.35, 0.15, 0.15, 0.0, 0.0),  # as the transfer study's data was made
 }
+POSE_STD = 0.4  # rad, per arm joint around rest (the `pose` segment)
+POSE_MIN_HEIGHT = 0.04  # every hand keypoint above the table (m)
+POSE_SETTLE_STD = 0.03  # rad per step while settling at the pose
 CARRY_BOX = (np.array([0.42, -0.18]), np.array([0.62, 0.12]))  # carry / set-down area (x, y)
 JITTER_STD = {"arm": 0.08, "hand": 0.1}  # rad per step (the planner searches 0.3 / 0.1)
 KEYPOINT_SOURCE = {
@@ -130,6 +137,8 @@ class Explorer:
             return list(interpolate_targets(q, end, int(rng.integers(4, 10))))
         if kind == "carry":
             return self._carry(rng, q)
+        if kind == "pose":
+            return self._pose(rng, q)
         # contact: above the object, down onto it, close, open
         R = _rotation_about([0, 0, 1], rng.uniform(-0.5, 0.5)) @ self.home_rot
         touch = rig.object_position() + self._contact_offset(R) + rng.normal(0, 0.015, 3)
@@ -148,6 +157,29 @@ class Explorer:
             lift[hand] = closed[hand]
             out += list(interpolate_targets(closed, lift, int(rng.integers(3, 7))))
         return out
+
+    def _pose(self, rng, q: np.ndarray) -> list[np.ndarray]:
+        """The arm to a random joint-space pose near rest with the hand above the table and the
+        palm inside the sweep box, fingers to a random shape, then a few small steps settling
+        there (empty if 50 draws miss)."""
+        rig, n = self.rig, self.n_arm
+        for _ in range(50):
+            end = q.copy()
+            end[:n] = rig.home[:n] + rng.normal(0.0, POSE_STD, n)
+            end[n:] = self._random_hand(rng)
+            end = np.clip(end, self.lo, self.hi)
+            cmd = rig.commanded(end)
+            palm = cmd["palm_pos"]
+            inside = (PALM_BOX[0] <= palm).all() and (palm <= PALM_BOX[1]).all()
+            if inside and cmd["keypoints"][:, 2].min() > POSE_MIN_HEIGHT:
+                out = list(interpolate_targets(q, end, int(rng.integers(5, 10))))
+                for _ in range(rng.integers(3, 8)):  # settle there with small planner-like steps
+                    end = end.copy()
+                    end[:n] += rng.normal(0.0, POSE_SETTLE_STD, n)
+                    end[n:] += rng.normal(0.0, POSE_SETTLE_STD, len(q) - n)
+                    out.append(np.clip(end, self.lo, self.hi))
+                return out
+        return []
 
     def _carry(self, rng, q: np.ndarray) -> list[np.ndarray]:
         """Grasp the object as the oracle does, carry it, set it down, open the hand."""
