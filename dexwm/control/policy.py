@@ -101,8 +101,9 @@ class MPCPolicy(Policy):
             candidate executed on the rig (SimRollout) and encoded with the same encoder.
         per_task: settings that differ per task, e.g. {place: {std_hand: 0.01}} (DexWM keeps
             the hand nearly fixed when placing); keys: horizon, execute, std_arm, std_hand,
-            max_step_arm, max_step_hand, hold_margin. "task/k" keys apply from the k-th `retarget` of an
-            episode on (stage k of a `Staged` task, counted from 0), on top of the task's:
+            max_step_arm, max_step_hand, hold_margin. "task/k" keys apply from the k-th
+            `retarget` of an episode on (stage k of a `Staged` task, counted from 0), on top of
+            the task's:
             e.g. {"grasp/1": {std_hand: 0.01}} keeps the closed hand fixed while lifting;
             stages may change the std, max_step and hold_margin settings only.
         checkpoint: world model (default: the one given to the harness).
@@ -309,7 +310,7 @@ class MPCPolicy(Policy):
             evaluations += 2
             if not c[0] < c[1] * (1.0 - self.hold_margin):
                 self.plan = hold.clone()
-                self.stats["holds"] = self.stats.get("holds", 0) + 1
+                self.stats["holds"] += 1
         self.stats["calls"] += 1
         self.stats["evaluations"] += evaluations
         self.stats["iterations"] += result.iterations
