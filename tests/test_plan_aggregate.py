@@ -181,3 +181,72 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
     inner(default).prior.checkpoint = "no/such/bc.pt"
     with pytest.raises(FileNotFoundError, match="plan.py bc"):
         evaluate([default], tasks=["reach"], episodes=1, workers=2, checkpoint="no/such/wm.ckpt")
+
+
+def _workers(pid: int) -> list[int]:
+    """Live (not zombie) multiprocessing workers whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
+                cmdline = (d / "cmdline").read_text(errors="ignore")
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z" and "spawn_main" in cmdline:
+                out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_killed_evaluation_takes_its_workers_with_it(tmp_path):
+    """SIGKILL on `plan.py eval` must not leave its workers planning on: each episode here lasts
+    minutes (hold still for 100,000 steps), so without the watchdog they would outlive the test."""
+    import signal
+    import time
+
+    code = (
+        "import os; os.environ.setdefault('MUJOCO_GL', 'egl'); import timm\n"
+        "from dexwm.control import evaluate\n"
+        "from dexwm.control.baselines import HoldPolicy\n"
+        f"evaluate([HoldPolicy()], tasks=['reach'], episodes=4, workers=2, out={str(tmp_path)!r},\n"
+        "         max_steps=100000, stop_on_success=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        workers: list[int] = []
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:  # workers set up and stepping
+            workers = _workers(proc.pid)
+            if len(workers) == 2 and all(_busy(w) for w in workers):
+                break
+            time.sleep(1)
+        assert proc.poll() is None and len(workers) == 2, "the evaluation did not start 2 workers"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(w) for w in workers):
+            time.sleep(0.5)
+        assert not any(_alive(w) for w in workers), "workers outlived the killed evaluation"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def _busy(pid: int) -> bool:
+    """Has the process used more than 5 s of CPU (imports done, stepping episodes)?"""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 5

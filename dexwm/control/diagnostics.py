@@ -160,7 +160,10 @@ def diagnose(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp.get_context("spawn")) as pool:
+        from dexwm.control.episodes import exit_with_parent
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, ctx, initializer=exit_with_parent) as pool:
             results = list(pool.map(_diagnose_task, jobs))
     else:
         results = [_diagnose_task(j) for j in jobs]

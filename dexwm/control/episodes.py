@@ -107,7 +107,23 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
 _WORKER: dict = {}
 
 
+def exit_with_parent(interval: float = 1.0) -> None:
+    """End this worker process when its parent is gone (an evaluation killed with SIGKILL or
+    SIGTERM would otherwise leave its workers planning on, holding the cores)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(policies, checkpoint, size, threads, options) -> None:
+    exit_with_parent()
     import timm  # noqa: F401  (must precede MuJoCo's EGL context: triton segfaults if imported after)
     import torch
 
