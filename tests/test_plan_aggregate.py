@@ -171,6 +171,11 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
             assert load_policies(str(f)), f
     (default,) = load_policies(str(ROOT / "configs/plan/default.yaml"))
     assert isinstance(inner(default).prior, BCPolicy) and inner(default).prior_mean
+    executes = {}
+    for task in ("reach", "grasp", "place"):  # reach replans every control step (README)
+        inner(default)._apply_search(task)
+        executes[task] = inner(default).execute
+    assert executes == {"reach": 1, "grasp": 2, "place": 2}
     (alone,) = load_policies(str(ROOT / "configs/plan/model_only.yaml"))
     assert inner(alone).prior is None
     names = [p.name for p in load_policies(str(ROOT / "configs/plan/eval.yaml"))]
