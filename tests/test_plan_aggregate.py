@@ -188,26 +188,38 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
         evaluate([default], tasks=["reach"], episodes=1, workers=2, checkpoint="no/such/wm.ckpt")
 
 
-def _workers(pid: int) -> list[int]:
-    """Live (not zombie) multiprocessing workers whose parent is `pid` (Linux /proc)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
-                cmdline = (d / "cmdline").read_text(errors="ignore")
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z" and "spawn_main" in cmdline:
-                out.append(int(d.name))
-    return out
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...), None if gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _busy(pid: int) -> bool:
+    """Has the process used more than 5 s of CPU (imports done, stepping episodes)?"""
+    fields = _stat(pid)
+    return fields is not None and (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 5
+
+
+def _workers(pid: int) -> list[int]:
+    """Live multiprocessing workers whose parent is `pid` (Linux /proc)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        fields = _stat(int(d.name)) if d.name.isdigit() else None
+        if fields is None or int(fields[1]) != pid or fields[0] == "Z":
+            continue
+        try:
+            if "spawn_main" in (d / "cmdline").read_text(errors="ignore"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
@@ -246,12 +258,3 @@ def test_killed_evaluation_takes_its_workers_with_it(tmp_path):
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
-
-
-def _busy(pid: int) -> bool:
-    """Has the process used more than 5 s of CPU (imports done, stepping episodes)?"""
-    try:
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 5
