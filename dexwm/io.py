@@ -1,6 +1,7 @@
 """Shared file I/O: atomic writes, checksums, the git commit, the run record saved beside every
 output (the resolved config plus the commit and command that produced it), and `InputError`, the
-one exception that commands report as a single line (exit code 2) instead of a traceback.
+one exception that commands report as a single line (exit code 2) instead of a traceback, and
+`exit_with_parent`, the watchdog every worker pool starts its processes with.
 
 A leaf module: it imports nothing from dexwm, so every layer may use it.
 """
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,19 @@ def write_run_record(folder: str | Path, config_yaml: str, name: str = "config.y
     path = Path(folder) / name
     atomic_write_text(path, head + config_yaml)
     return path
+
+
+def exit_with_parent(interval: float = 1.0) -> None:
+    """End this worker process when its parent is gone. A pool initializer: an evaluation or a
+    data-preparation job killed with SIGKILL would otherwise leave its workers running their
+    current item (an episode, a shard) to the end, holding the cores."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

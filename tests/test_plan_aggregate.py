@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from _plan import tiny_model  # noqa: E402
+from _procs import HAS_PROC, kill_once_workers_are_busy  # noqa: E402
 
 from dexwm.control import JointSpace, MPCPolicy, evaluate, run_episode
 from dexwm.control.baselines import HoldPolicy, OraclePolicy, RandomPolicy  # noqa: E402
@@ -188,47 +189,10 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
         evaluate([default], tasks=["reach"], episodes=1, workers=2, checkpoint="no/such/wm.ckpt")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...), None if gone."""
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def _busy(pid: int) -> bool:
-    """Has the process used more than 5 s of CPU (imports done, stepping episodes)?"""
-    fields = _stat(pid)
-    return fields is not None and (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") > 5
-
-
-def _workers(pid: int) -> list[int]:
-    """Live multiprocessing workers whose parent is `pid` (Linux /proc)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        fields = _stat(int(d.name)) if d.name.isdigit() else None
-        if fields is None or int(fields[1]) != pid or fields[0] == "Z":
-            continue
-        try:
-            if "spawn_main" in (d / "cmdline").read_text(errors="ignore"):
-                out.append(int(d.name))
-        except OSError:
-            continue
-    return out
-
-
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(not HAS_PROC, reason="reads /proc (Linux)")
 def test_killed_evaluation_takes_its_workers_with_it(tmp_path):
-    """SIGKILL on `plan.py eval` must not leave its workers planning on: each episode here lasts
+    """SIGKILL on an evaluation must not leave its workers planning on: each episode here lasts
     minutes (hold still for 100,000 steps), so without the watchdog they would outlive the test."""
-    import signal
-    import time
-
     code = (
         "import os; os.environ.setdefault('MUJOCO_GL', 'egl'); import timm\n"
         "from dexwm.control import evaluate\n"
@@ -236,25 +200,4 @@ def test_killed_evaluation_takes_its_workers_with_it(tmp_path):
         f"evaluate([HoldPolicy()], tasks=['reach'], episodes=4, workers=2, out={str(tmp_path)!r},\n"
         "         max_steps=100000, stop_on_success=False)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    try:
-        workers: list[int] = []
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:  # workers set up and stepping
-            workers = _workers(proc.pid)
-            if len(workers) == 2 and all(_busy(w) for w in workers):
-                break
-            time.sleep(1)
-        assert proc.poll() is None and len(workers) == 2, "the evaluation did not start 2 workers"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        deadline = time.time() + 30
-        while time.time() < deadline and any(_alive(w) for w in workers):
-            time.sleep(0.5)
-        assert not any(_alive(w) for w in workers), "workers outlived the killed evaluation"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for w in workers:
-            if _alive(w):
-                os.kill(w, signal.SIGKILL)
+    assert len(kill_once_workers_are_busy([sys.executable, "-c", code], ROOT)) == 2

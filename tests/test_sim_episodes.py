@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import webdataset as wds  # noqa: E402
+from _procs import HAS_PROC, kill_once_workers_are_busy  # noqa: E402
 
 from data_prep.sim_episodes import main  # noqa: E402
 from dexwm.data.schema import validate_sample  # noqa: E402
@@ -116,6 +117,18 @@ def test_killed_job_resumes_without_losing_episodes(tmp_path):
     keys = sorted(s["__key__"] for s in read_all(out))
     assert keys == [f"sim_panda_gripper/ep{i:06d}/front/0" for i in range(4)]
     assert json.loads((out / "manifest.json").read_text()) == read_manifest(out)
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="reads /proc (Linux)")
+def test_killed_job_takes_its_workers_with_it(tmp_path):
+    """SIGKILL on a 2-worker data-preparation job must not leave its workers on their current
+    item: each episode here is 40,000 frames (minutes), so without the watchdog they would
+    outlive the test; with it they end within seconds and write nothing more."""
+    out = tmp_path / "shards"
+    args = ["--embodiment", "panda_gripper", "--out", str(out), "--episodes", "2"]
+    args += ["--frames", "40000", "--size", "32", "--workers", "2", "--progress", "false"]
+    kill_once_workers_are_busy([sys.executable, "-m", "data_prep.sim_episodes", *args], ROOT)
+    assert not list(out.glob("*.tar"))
 
 
 def _palm_angle(rig, q) -> float:

@@ -160,7 +160,7 @@ def diagnose(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        from dexwm.control.episodes import exit_with_parent
+        from dexwm.io import exit_with_parent
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, ctx, initializer=exit_with_parent) as pool:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dexwm.control.policy import Policy
+from dexwm.io import exit_with_parent
 
 TIMING_KEYS = ("plan_s_per_step", "plan_s_per_call")
 ORDER = ("reach", "grasp", "place", "all", "pick_place")  # rows of the summaries
@@ -105,21 +106,6 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
 # ---- workers ---------------------------------------------------------------------------------
 
 _WORKER: dict = {}
-
-
-def exit_with_parent(interval: float = 1.0) -> None:
-    """End this worker process when its parent is gone (an evaluation killed with SIGKILL or
-    SIGTERM would otherwise leave its workers planning on, holding the cores)."""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _init_worker(policies, checkpoint, size, threads, options) -> None:

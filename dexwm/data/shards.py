@@ -34,7 +34,13 @@ from dexwm.data.manifest import (  # noqa: F401  (re-exported: the shard API in 
     summarize,
 )
 from dexwm.data.schema import SCHEMA_VERSION
-from dexwm.io import InputError, atomic_write_bytes, atomic_write_json, sha256_file
+from dexwm.io import (
+    InputError,
+    atomic_write_bytes,
+    atomic_write_json,
+    exit_with_parent,
+    sha256_file,
+)
 
 PARTS = ".parts"
 JOB_FILE = ".job.json"
@@ -260,7 +266,7 @@ def run_shard_job(
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, disable=not progress)
     if workers > 1 and len(todo) > 1:
         ctx = mp.get_context("spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=exit_with_parent) as pool:
             for st in pool.imap_unordered(_run_item, todo):
                 status[st["index"]] = st
                 maybe_finish(st["index"])
