@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from _plan import tiny_model  # noqa: E402
-from _procs import HAS_PROC, kill_once_workers_are_busy  # noqa: E402
+from _procs import HAS_PROC, alive, kill_once_workers_are_busy  # noqa: E402
 
 from dexwm.control import JointSpace, MPCPolicy, evaluate, run_episode
 from dexwm.control.baselines import HoldPolicy, OraclePolicy, RandomPolicy  # noqa: E402
@@ -201,3 +201,42 @@ def test_killed_evaluation_takes_its_workers_with_it(tmp_path):
         "         max_steps=100000, stop_on_success=False)\n"
     )
     assert len(kill_once_workers_are_busy([sys.executable, "-c", code], ROOT)) == 2
+
+
+@pytest.mark.skipif(not HAS_PROC, reason="reads /proc (Linux)")
+def test_in_process_evaluation_outlives_its_parent(tmp_path):
+    """With one worker the evaluation runs in-process and must not take the parent watchdog:
+    a run started with nohup keeps going when its shell exits. Here the parent exits once the
+    first episode is written; the evaluation must still finish all three."""
+    import signal
+    import time
+
+    inner = (
+        "import os; os.environ.setdefault('MUJOCO_GL', 'egl'); import timm\n"
+        "from dexwm.control import evaluate\n"
+        "from dexwm.control.baselines import HoldPolicy\n"
+        f"evaluate([HoldPolicy()], tasks=['reach'], episodes=3, workers=1, out={str(tmp_path)!r},\n"
+        "         max_steps=150, stop_on_success=False, video=False)\n"
+    )
+    outer = (
+        "import pathlib, subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {inner!r}])\n"
+        "print(p.pid, flush=True)\n"
+        f"log = pathlib.Path({str(tmp_path)!r}) / 'episodes.jsonl'\n"
+        "while p.poll() is None and not (log.exists() and log.read_text().strip()):\n"
+        "    time.sleep(0.2)\n"
+    )
+    parent = subprocess.run(
+        [sys.executable, "-c", outer], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    child = int(parent.stdout.split()[0])
+    summary = tmp_path / "summary.json"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not summary.exists() and alive(child):
+            time.sleep(0.5)
+        assert summary.exists(), "the evaluation died with its parent"
+        assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 3
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -108,8 +108,9 @@ def write_gif(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(policies, checkpoint, size, threads, options) -> None:
-    exit_with_parent()
+def _init_worker(policies, checkpoint, size, threads, options, worker: bool = True) -> None:
+    if worker:  # not in-process: a run started with nohup must outlive its shell
+        exit_with_parent()
     import timm  # noqa: F401  (must precede MuJoCo's EGL context: triton segfaults if imported after)
     import torch
 
@@ -227,7 +228,7 @@ def evaluate(
             on_record(rec)
 
     if workers == 1 or len(jobs) <= 1:
-        _init_worker(policies, checkpoint, size, 0, opts)
+        _init_worker(policies, checkpoint, size, 0, opts, worker=False)
         for job in jobs:
             finish(_run_job(job))
         for p in policies:
