@@ -276,6 +276,27 @@ def test_evaluate_writes_records_summary_and_videos(tmp_path, wm):
     assert (tmp_path / "eval/budget.png").stat().st_size > 1000  # success vs planning budget
 
 
+def test_in_process_evaluation_uses_the_thread_count_and_restores_the_callers(tmp_path):
+    """workers=1 runs the episodes in this process: with the `threads` a worker would get (a
+    1-worker rerun of an episode must plan with the same float rounding), then gives the caller
+    its own count back."""
+    from dexwm.control.baselines import HoldPolicy
+
+    class Spy(HoldPolicy):
+        seen: list = []
+
+        def act(self, obs):
+            Spy.seen.append(torch.get_num_threads())
+            return super().act(obs)
+
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    evaluate([Spy(name="spy")], tasks=["reach"], episodes=[0], workers=1, threads=want,
+             video=False, max_steps=2)  # fmt: skip
+    assert Spy.seen and set(Spy.seen) == {want}
+    assert torch.get_num_threads() == before
+
+
 # ---- bad input --------------------------------------------------------------------------------
 
 

@@ -169,6 +169,8 @@ def evaluate(
     to `out` (see the module docstring). `collect`: also write every episode as a shard (schema
     v1) into this folder, for data aggregation. `ceiling`: also run every model-based policy with
     the simulator as its model (`<name>-perfect`: same planner, cost and budget), its ceiling.
+    `threads`: torch threads of each worker, and of this process while it runs the episodes
+    itself (`workers` 1; its own count is restored afterwards; 0 leaves it alone).
     `on_record(record)` is called as episodes finish. `server`: plan through the planning server
     at this URL (`plan.py serve`) instead; the policies are replaced by one `RemotePolicy`, named
     "server"."""
@@ -228,9 +230,17 @@ def evaluate(
             on_record(rec)
 
     if workers == 1 or len(jobs) <= 1:
-        _init_worker(policies, checkpoint, size, 0, opts, worker=False)
-        for job in jobs:
-            finish(_run_job(job))
+        import torch
+
+        # in-process: the same torch thread count as a worker would use (float rounding, and so
+        # a rerun of one episode, depends on it), the caller's restored afterwards
+        before = torch.get_num_threads()
+        try:
+            _init_worker(policies, checkpoint, size, threads, opts, worker=False)
+            for job in jobs:
+                finish(_run_job(job))
+        finally:
+            torch.set_num_threads(before)
         for p in policies:
             p.close()
     else:
