@@ -27,6 +27,7 @@ from websockets.sync.client import connect  # noqa: E402
 from dexwm.control import run_episode  # noqa: E402
 from dexwm.control.episodes import load_policies  # noqa: E402
 from dexwm.control.remote import RemotePolicy  # noqa: E402
+from dexwm.data.actions import ACTION_DIM, HAND_DIMS  # noqa: E402
 from dexwm.serve import PlanServer, Session, serve  # noqa: E402
 from dexwm.serve.session import FifoLock  # noqa: E402
 
@@ -37,7 +38,13 @@ STEPS = 4  # two plans per episode: the second one warm-starts from the first
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
-    tiny_model().save(folder / "tiny.pt")
+    wm = tiny_model()
+    # action statistics at a trained model's scale (keypoint steps of about 1 cm): with the
+    # unfitted std of 1 the plans would change the predicted features only at float rounding
+    std = torch.ones(ACTION_DIM)
+    std[:HAND_DIMS] = 0.01
+    wm.action_norm.set_stats(torch.zeros(ACTION_DIM), std)
+    wm.save(folder / "tiny.pt")
     (folder / "plan.yaml").write_text(PLAN_CONFIG)
     return folder / "tiny.pt", folder / "plan.yaml"
 
