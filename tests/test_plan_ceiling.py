@@ -105,6 +105,43 @@ def test_hold_margin_keeps_still_unless_a_plan_pays(rig, wm):
     MPCPolicy(per_task={"grasp/1": {"hold_margin": 0.1}})  # a stage may set it
 
 
+class Recording(CEM):
+    """CEM that keeps the search std of every call."""
+
+    def __call__(self, rollout, cost, mean, std, *args):
+        self.stds = getattr(self, "stds", []) + [std.clone()]
+        return super().__call__(rollout, cost, mean, std, *args)
+
+
+def test_anneal_narrows_the_search_as_the_goal_nears(rig, wm):
+    """The search std scales with the frame's goal distance over the first call's: full at the
+    first call, the floor when the frame is the goal image itself, never above full; a new
+    stage measures from its own first call; no anneal: always full."""
+    planner = Recording(samples=4, elites=2, iterations=1)
+    p = MPCPolicy(planner, std_arm=0.1, std_hand=0.2, horizon=2, execute=1, seed=0,
+                  per_task={"grasp": {"anneal": 0.25}}).use_model(wm)  # fmt: skip
+    obs = rig.reset("grasp", 1)
+    first, lifted = rig.goal_images("grasp", 1)
+    p.reset(rig, first, obs)
+    p.act(obs)
+    at_goal = dict(obs, image=first)
+    p.act(at_goal)  # the goal itself: distance 0 -> the floor
+    p.retarget(lifted, obs)
+    p.act(obs)  # a new stage: its first call is the reference again
+    full = p.std
+    torch.testing.assert_close(planner.stds[0], full)
+    torch.testing.assert_close(planner.stds[1], 0.25 * full)
+    torch.testing.assert_close(planner.stds[2], full)
+    obs = rig.reset("reach", 0)
+    p.reset(rig, rig.goal_image("reach", 0), obs)
+    p.act(obs)
+    p.act(dict(obs, image=rig.goal_image("reach", 0)))
+    torch.testing.assert_close(planner.stds[4], full)  # reach: no anneal set
+    with pytest.raises(ValueError, match="anneal"):
+        MPCPolicy(anneal=0.0)
+    MPCPolicy(per_task={"grasp/1": {"anneal": 0.5}})  # a stage may set it
+
+
 class Scripted(Policy):
     """Holds still; its distance to the goal follows a script (one value per decision)."""
 

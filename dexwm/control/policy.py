@@ -91,6 +91,10 @@ class MPCPolicy(Policy):
         hold_margin: None, or hold still (repeat the current joint targets) unless the plan's
             predicted cost is lower than holding's, predicted by the same model, by more than
             this fraction; stops the search from wandering off a reached goal on model noise.
+        anneal: None, or narrow the search as the goal nears: the std is scaled by the current
+            frame's feature distance to the goal over the distance at the first call of the
+            episode (or stage), clipped to [anneal, 1]; finer steps near the goal, where the
+            full std jitters the hand by centimetres.
         warm_start: start from the previous plan shifted by `execute` (else from q_0 repeated).
         use: execute the planner's final "mean" or its "best" evaluated plan.
         prior: a policy whose plan is added to the candidates (e.g. the BC baseline), or None.
@@ -101,11 +105,11 @@ class MPCPolicy(Policy):
             candidate executed on the rig (SimRollout) and encoded with the same encoder.
         per_task: settings that differ per task, e.g. {place: {std_hand: 0.01}} (DexWM keeps
             the hand nearly fixed when placing); keys: horizon, execute, std_arm, std_hand,
-            max_step_arm, max_step_hand, hold_margin. "task/k" keys apply from the k-th
+            max_step_arm, max_step_hand, hold_margin, anneal. "task/k" keys apply from the k-th
             `retarget` of an episode on (stage k of a `Staged` task, counted from 0), on top of
             the task's:
             e.g. {"grasp/1": {std_hand: 0.01}} keeps the closed hand fixed while lifting;
-            stages may change the std, max_step and hold_margin settings only.
+            stages may change the std, max_step, hold_margin and anneal settings only.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -123,6 +127,7 @@ class MPCPolicy(Policy):
         max_step_arm: float | None = None,
         max_step_hand: float | None = None,
         hold_margin: float | None = None,
+        anneal: float | None = None,
         warm_start: bool = True,
         use: str = "mean",
         prior: Policy | None = None,
@@ -141,7 +146,7 @@ class MPCPolicy(Policy):
             raise ValueError(f"context must be >= 1, got {context}")
         search = dict(horizon=horizon, execute=execute, std_arm=std_arm, std_hand=std_hand,
                       max_step_arm=max_step_arm, max_step_hand=max_step_hand,
-                      hold_margin=hold_margin)  # fmt: skip
+                      hold_margin=hold_margin, anneal=anneal)  # fmt: skip
         self.per_task = {k: dict(v) for k, v in (per_task or {}).items()}
         for task, over in self.per_task.items():
             unknown = set(over) - set(search)
@@ -152,7 +157,8 @@ class MPCPolicy(Policy):
                 if not k.isdigit() or {"horizon", "execute"} & set(over):
                     raise ValueError(
                         f"per_task[{task!r}]: a stage key is 'task/<stage number>' and may set "
-                        "std_arm, std_hand, max_step_arm, max_step_hand, hold_margin only"
+                        "std_arm, std_hand, max_step_arm, max_step_hand, hold_margin, anneal "
+                        "only"
                     )
                 over = {**self.per_task.get(base, {}), **over}
             _check_search({**search, **over})
@@ -184,6 +190,8 @@ class MPCPolicy(Policy):
         arm, hand = s["max_step_arm"], s["max_step_hand"]
         self.max_step = None if arm is None else (float(arm), float(hand))
         self.hold_margin = None if s["hold_margin"] is None else float(s["hold_margin"])
+        self.anneal = None if s["anneal"] is None else float(s["anneal"])
+        self.start_distance = None  # goal distance at the first call of the episode or stage
 
     def setup(self, checkpoint: str | None) -> None:
         path = self.checkpoint or checkpoint
@@ -290,6 +298,13 @@ class MPCPolicy(Policy):
             mean = shift_plan(self.plan, self.execute)
         else:
             mean = q0.expand(self.horizon, -1).clone()
+        std = self.std
+        if self.anneal is not None:
+            d = float((feats - self.objective.goal.feats).square().mean())
+            if self.start_distance is None:
+                self.start_distance = d
+            scale = min(1.0, d / self.start_distance) if self.start_distance > 0 else 1.0
+            std = self.std * max(self.anneal, scale)
         proposals = None
         if self.prior is not None:
             prior = torch.as_tensor(self.prior.plan(obs, self.horizon), dtype=torch.float32)
@@ -298,7 +313,7 @@ class MPCPolicy(Policy):
             proposals = prior[None]  # (1, H, J)
         lower, upper = self.space.bounds(q0, self.horizon)  # (H, J) each
         result = self.planner(
-            rollout, self.objective, mean, self.std, lower, upper, proposals, self.generator
+            rollout, self.objective, mean, std, lower, upper, proposals, self.generator
         )
         plan = result.mean if self.use == "mean" else result.best
         self.plan = self.space.limit(q0, plan)  # (H, J): what the model was shown
@@ -332,6 +347,8 @@ def _check_search(s: dict) -> None:
         raise ValueError("std_arm and std_hand must be >= 0")
     if s["hold_margin"] is not None and not 0 <= s["hold_margin"] < 1:
         raise ValueError(f"hold_margin must be None or in [0, 1), got {s['hold_margin']}")
+    if s["anneal"] is not None and not 0 < s["anneal"] <= 1:
+        raise ValueError(f"anneal must be None or in (0, 1], got {s['anneal']}")
     if (s["max_step_arm"] is None) != (s["max_step_hand"] is None):
         raise ValueError("give both max_step_arm and max_step_hand, or neither")
     if s["max_step_arm"] is not None and (s["max_step_arm"] <= 0 or s["max_step_hand"] <= 0):
