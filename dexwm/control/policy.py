@@ -300,7 +300,7 @@ class MPCPolicy(Policy):
             mean = q0.expand(self.horizon, -1).clone()
         std = self.std
         if self.anneal is not None:
-            d = float((feats - self.objective.goal.feats).square().mean())
+            d = self.goal_distance(obs)  # the frame's features are cached: no second encode
             if self.start_distance is None:
                 self.start_distance = d
             scale = min(1.0, d / self.start_distance) if self.start_distance > 0 else 1.0
