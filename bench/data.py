@@ -5,7 +5,7 @@ Usage:
 
 Measured: hand extraction (decode + MediaPipe on every frame; and the whole human-video preparation
 of one input: decode, MediaPipe, PnP, resize, H.264 encode), and shard writing (run_shard_job:
-tar parts, packing, sha256, manifest) in MB/s. Uses the real dex-retargeting hand video from
+tar parts, packing, sha256, manifest) in MB/s, and the feature-cache encoder's frames/s. Uses the real dex-retargeting hand video from
 ../shared/data when present, else a generated clip without hands (MediaPipe then runs only its
 palm detector, so frames/s is optimistic; the JSON says which). Each measurement is one function
 returning a dict; `main` merges their results into the JSON, keeping keys written by other
@@ -226,18 +226,50 @@ def bench_loader(clips: int = 200, samples: int = 16) -> dict:
     return out
 
 
+def bench_feature_encoder(frames: int = 256, batch: int = 32) -> dict:
+    """Feature-cache encoder frames/s (encode_frames: uint8 -> float16 features) with the tiny
+    preset's encoder (stride-16 stage of tf_efficientnet_lite0 at 128 px) as FrozenEncoder runs it
+    (the blocks after the tapped stage dropped) and as timm's feature network runs it (every
+    block); the features are identical."""
+    import torch
+
+    from dexwm.config import load
+    from dexwm.data.feature_cache import encode_frames
+    from dexwm.models.encoders import FrozenEncoder, _build_timm
+    from dexwm.training.module import WorldModelModule
+
+    spec = load(WorldModelModule, REPO / "configs/model/tiny.yaml", section="model").wm.encoder_spec
+    enc = FrozenEncoder(spec)
+    full = FrozenEncoder(spec)
+    full.backbone = _build_timm(spec, spec.name.split(":", 1)[1], False)[0].eval()
+    x = np.random.default_rng(0).integers(0, 255, (frames, *spec.input_size, 3), dtype=np.uint8)
+    out = {"frames": frames, "threads": torch.get_num_threads(), "blocks_run": {}}
+    for name, e in (("pruned", enc), ("all_blocks", full)):
+        encode_frames(e, x[:batch], batch)  # warm-up
+        t0 = time.perf_counter()
+        feats = encode_frames(e, x, batch)
+        out[f"{name}_frames_per_s"] = round(frames / (time.perf_counter() - t0), 1)
+        out["blocks_run"][name] = len(e.backbone.blocks)
+        out.setdefault("feats", []).append(feats)
+    a, b = out.pop("feats")
+    out["identical_features"] = bool(np.array_equal(a, b))
+    out["speedup"] = round(out["pruned_frames_per_s"] / out["all_blocks_frames_per_s"], 2)
+    return out
+
+
 def main(
     frames: int = 150,
     out: Path = REPO / "bench" / "results" / "data.json",
     only: list[str] | None = None,
 ) -> dict:
     """Run the data benchmarks (or `only` some of: hand_extraction, mp4_encoding, shard_writing,
-    loader), print them, merge them into `out`."""
+    loader, feature_encoder), print them, merge them into `out`."""
     runs = {
         "hand_extraction": lambda: bench_hand_extraction(frames),
         "mp4_encoding": bench_mp4_encoding,
         "shard_writing": bench_shard_writing,
         "loader": bench_loader,
+        "feature_encoder": bench_feature_encoder,
     }
     results = {name: fn() for name, fn in runs.items() if not only or name in only}
     env = {

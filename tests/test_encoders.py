@@ -149,3 +149,21 @@ def test_transformers_backbone_from_a_local_folder(tmp_path):
         ref = model(pixel_values=enc.preprocess(frames)).last_hidden_state[:, 1:]
     torch.testing.assert_close(out, ref)
     assert all(not p.requires_grad for p in enc.parameters())
+
+
+def test_stride16_stage_skips_the_later_blocks_with_the_same_features_and_checksum():
+    """The tiny preset taps stage 3 (stride 16): the encoder runs only the blocks up to it, its
+    features equal the whole timm feature network's and its checksum names the same weights."""
+    from dexwm.models.encoders import EncoderSpec, _build_timm, weights_checksum
+
+    spec = EncoderSpec(name="timm:tf_efficientnet_lite0", weights="packaged", stage=3)
+    enc = FrozenEncoder(spec)
+    full, _, _ = _build_timm(spec, "tf_efficientnet_lite0", False)  # every block, as timm runs it
+    full.eval()
+    assert len(enc.backbone.blocks) < len(full.blocks) == 7
+    frames = torch.randint(0, 255, (2, 128, 128, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = full(enc.preprocess(frames))[0]  # (2, 112, 8, 8)
+    assert torch.equal(enc(frames), ref.flatten(2).transpose(1, 2))
+    assert enc.checksum == weights_checksum(full)
+    assert (enc.num_tokens, enc.dim, enc.grid) == (64, 112, (8, 8))

@@ -173,6 +173,20 @@ def _build_hf(spec: EncoderSpec, repo: str, meta: bool) -> tuple[nn.Module, dict
     return model, {"mean": mean, "std": std}, is_vit
 
 
+def _blocks_needed(backbone: nn.Module) -> int | None:
+    """timm's EfficientNet / MobileNetV3 feature classes (features_only) loop over every block even
+    when the requested stage ends earlier: the tiny preset's stride-16 stage paid for the two
+    stride-32 stages too (1.8x the encoder time). -> how many blocks the taps need, or None where
+    nothing can be dropped (other models; timm's other feature wrappers stop by themselves)."""
+    taps = getattr(backbone, "_stage_out_idx", None)  # {blocks run before the tap: feature index}
+    blocks = getattr(backbone, "blocks", None)
+    if not taps or getattr(backbone, "feature_hooks", None) is not None:
+        return None
+    if not isinstance(blocks, nn.Sequential) or max(taps) >= len(blocks):
+        return None
+    return max(taps)
+
+
 def weights_checksum(module: nn.Module) -> str:
     """sha256 over the encoder's tensors (sorted names, raw bytes): identifies the weights."""
     h = hashlib.sha256()
@@ -211,6 +225,12 @@ class FrozenEncoder(nn.Module):
         lib, model_name = _split_name(spec.name)
         build = _build_timm if lib == "timm" else _build_hf
         self.backbone, cfg, self.is_vit = build(spec, model_name, _meta)
+        self._checksum: str | None = None  # computed on first use
+        keep = _blocks_needed(self.backbone)
+        if keep is not None:  # drop the blocks after the tapped stage (features bitwise the same)
+            if not _meta:  # the checksum names the weights as loaded, so that caches and
+                self._checksum = weights_checksum(self.backbone)  # checkpoints stay valid
+            self.backbone.blocks = self.backbone.blocks[:keep]
         self.lib = lib
         self.pretrained = spec.weights != "random"
         self.register_buffer(
@@ -232,7 +252,6 @@ class FrozenEncoder(nn.Module):
         self.num_tokens, self.dim = int(probe.shape[1]), int(probe.shape[2])
         if self.grid[0] * self.grid[1] != self.num_tokens:
             raise EncoderError(f"token grid {self.grid} does not match {self.num_tokens} tokens")
-        self._checksum: str | None = None
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         return super().train(False)  # frozen: batch norm statistics and dropout stay in eval mode
