@@ -64,13 +64,13 @@ class DemoConfig:
     heldout: int = 24
     frames: int = 40
     size: int = 128
-    train_steps: int = 600
+    train_steps: int = 480
     batch_size: int = 32
     eval: str | None = None
     eval_horizon: int = 15
     eval_clips: int = 48
-    probe_steps: int = 300
-    decoder_steps: int = 200
+    probe_steps: int = 150
+    decoder_steps: int = 100
     bc_steps: int = 1500
     bc_val_episodes: int = 20
     plan: str = str(REPO / "configs/plan/default.yaml")
@@ -151,11 +151,11 @@ def stage_features(cfg: DemoConfig, out: Path) -> dict:
 def train_args(cfg: DemoConfig, out: Path) -> list[str]:
     train = [{"paths": [str(out / "feats/train" / e)], "name": e} for e in EMBODIMENTS]
     val = [{"paths": [str(out / "feats/heldout" / e)], "name": e} for e in EMBODIMENTS]
-    every = max(10, cfg.train_steps // 4)
-    return [
+    every = max(10, cfg.train_steps // 4)  # validation and checkpoints; ONE epoch: each new epoch
+    return [  # refills the shuffle buffers (~24 s on 2 cores), while validation is step-based
         "--config", str(MODEL), "--config", str(TRAIN),
         "--data.train", json.dumps(train), "--data.val", json.dumps(val),
-        "--data.batch_size", str(cfg.batch_size), "--data.epoch_batches", str(every),
+        "--data.batch_size", str(cfg.batch_size), "--data.epoch_batches", str(cfg.train_steps),
         "--trainer.max_steps", str(cfg.train_steps), "--trainer.val_check_interval", str(every),
         "--trainer.limit_val_batches", "4", "--checkpoint.every_n_train_steps", str(every),
         "--trainer.default_root_dir", str(out / "train"), "--ckpt_path", "last",
