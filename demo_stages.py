@@ -151,8 +151,10 @@ def stage_features(cfg: DemoConfig, out: Path) -> dict:
 def train_args(cfg: DemoConfig, out: Path) -> list[str]:
     train = [{"paths": [str(out / "feats/train" / e)], "name": e} for e in EMBODIMENTS]
     val = [{"paths": [str(out / "feats/heldout" / e)], "name": e} for e in EMBODIMENTS]
-    every = max(10, cfg.train_steps // 4)  # validation and checkpoints; ONE epoch: each new epoch
-    return [  # refills the shuffle buffers (~24 s on 2 cores), while validation is step-based
+    # Validation and checkpoints every quarter, all in ONE epoch: each new epoch refills the
+    # shuffle buffers (~24 s on 2 cores), while validation and checkpoints are step-based.
+    every = max(10, cfg.train_steps // 4)
+    return [
         "--config", str(MODEL), "--config", str(TRAIN),
         "--data.train", json.dumps(train), "--data.val", json.dumps(val),
         "--data.batch_size", str(cfg.batch_size), "--data.epoch_batches", str(cfg.train_steps),

@@ -4,10 +4,11 @@ Usage:
     python bench/data.py [--frames 150] [--out bench/results/data.json]
 
 Measured: hand extraction (decode + MediaPipe on every frame; and the whole human-video preparation
-of one input: decode, MediaPipe, PnP, resize, H.264 encode), and shard writing (run_shard_job:
-tar parts, packing, sha256, manifest) in MB/s, and the feature-cache encoder's frames/s. Uses the real dex-retargeting hand video from
-../shared/data when present, else a generated clip without hands (MediaPipe then runs only its
-palm detector, so frames/s is optimistic; the JSON says which). Each measurement is one function
+of one input: decode, MediaPipe, PnP, resize, H.264 encode), shard writing (run_shard_job:
+tar parts, packing, sha256, manifest) in MB/s, and the feature-cache encoder's frames/s. Uses the
+real dex-retargeting hand video from ../shared/data when present, else a generated clip without
+hands (MediaPipe then runs only its palm detector, so frames/s is optimistic; the JSON says
+which). Each measurement is one function
 returning a dict; `main` merges their results into the JSON, keeping keys written by other
 benchmarks (e.g. loader clips/s).
 """
@@ -243,16 +244,15 @@ def bench_feature_encoder(frames: int = 256, batch: int = 32) -> dict:
     full = FrozenEncoder(spec)
     full.backbone = _build_timm(spec, spec.name.split(":", 1)[1], False)[0].eval()
     x = np.random.default_rng(0).integers(0, 255, (frames, *spec.input_size, 3), dtype=np.uint8)
-    out = {"frames": frames, "threads": torch.get_num_threads(), "blocks_run": {}}
+    out: dict = {"frames": frames, "threads": torch.get_num_threads(), "blocks_run": {}}
+    feats = {}
     for name, e in (("pruned", enc), ("all_blocks", full)):
         encode_frames(e, x[:batch], batch)  # warm-up
         t0 = time.perf_counter()
-        feats = encode_frames(e, x, batch)
+        feats[name] = encode_frames(e, x, batch)
         out[f"{name}_frames_per_s"] = round(frames / (time.perf_counter() - t0), 1)
         out["blocks_run"][name] = len(e.backbone.blocks)
-        out.setdefault("feats", []).append(feats)
-    a, b = out.pop("feats")
-    out["identical_features"] = bool(np.array_equal(a, b))
+    out["identical_features"] = bool(np.array_equal(feats["pruned"], feats["all_blocks"]))
     out["speedup"] = round(out["pruned_frames_per_s"] / out["all_blocks_frames_per_s"], 2)
     return out
 

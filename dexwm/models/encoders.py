@@ -176,8 +176,9 @@ def _build_hf(spec: EncoderSpec, repo: str, meta: bool) -> tuple[nn.Module, dict
 def _blocks_needed(backbone: nn.Module) -> int | None:
     """timm's EfficientNet / MobileNetV3 feature classes (features_only) loop over every block even
     when the requested stage ends earlier: the tiny preset's stride-16 stage paid for the two
-    stride-32 stages too (1.8x the encoder time). -> how many blocks the taps need, or None where
-    nothing can be dropped (other models; timm's other feature wrappers stop by themselves)."""
+    stride-32 stages too (1.1x the frames/s without them, `bench/data.py`). -> how many blocks the
+    taps need, or None where nothing can be dropped (other models; timm's other feature wrappers
+    stop by themselves)."""
     taps = getattr(backbone, "_stage_out_idx", None)  # {blocks run before the tap: feature index}
     blocks = getattr(backbone, "blocks", None)
     if not taps or getattr(backbone, "feature_hooks", None) is not None:
