@@ -152,7 +152,9 @@ def write_report(out: Path, stages: dict, cfg, wall: float) -> Path:
     plan = stages.get("plan", {}).get("result")
     if plan:
         folder = Path(plan["folder"])
-        lines += ["## Planning on the Allegro rig (MPC through the world model)", ""]
+        lines += ["## Planning on the Allegro rig (MPC through the world model)", "",
+                  "The default planner without its reach pose term (the demo trains no goal-pose "
+                  "head): reach is planned on the feature cost alone.", ""]  # fmt: skip
         md = folder / "summary.md"
         if md.exists():
             lines += [_demote(md.read_text()), ""]

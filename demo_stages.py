@@ -209,6 +209,17 @@ def _use_bc(policy, bc: str) -> None:
         inner.prior.checkpoint = bc
 
 
+def _without_pose_cost(policy) -> None:
+    """The demo trains no goal-pose head (its 20 minutes have no room for one): the planner's
+    `PoseCost` is dropped, so the demo's reach is planned on the feature cost alone."""
+    from dexwm.planning import PoseCost
+
+    inner = getattr(policy, "policy", policy)
+    if any(isinstance(t, PoseCost) for t in getattr(inner, "costs", ())):
+        inner.costs = [t for t in inner.costs if not isinstance(t, PoseCost)]
+        inner.goal_pose = None
+
+
 def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
     from dexwm.config import load
     from dexwm.control import Staged, evaluate
@@ -224,6 +235,7 @@ def stage_plan(cfg: DemoConfig, out: Path, ckpt: str, bc: str) -> dict:
     baseline = BCPolicy(bc)
     planner = run["policies"][0]
     _use_bc(planner, bc)
+    _without_pose_cost(planner)
     if isinstance(planner, Staged):  # the same sub-goal switching as the planner
         p = planner
         baseline = Staged(baseline, p.tasks, p.min_steps, p.patience, p.tolerance, name="bc")

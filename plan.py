@@ -6,6 +6,7 @@ Usage:
   python plan.py eval --config configs/plan/dexwm.yaml --checkpoint CKPT --tasks '[reach]' --episodes 5
   python plan.py eval --config configs/plan/baselines.yaml --out runs/plan/baselines   # random, oracle, BC
   python plan.py bc --shards runs/plan/feats/allegro --out runs/plan/bc.pt          # train the BC baseline
+  python plan.py goal_pose --shards runs/plan/feats/allegro --out runs/plan/goal_pose.pt  # PoseCost's head
   python plan.py aggregate --config configs/plan/aggregate.yaml --checkpoint CKPT   # model-based RL rounds
   python plan.py diagnose --config configs/plan/default.yaml --checkpoint CKPT --episodes 6  # why
   python plan.py eval --print_config                                                # every option
@@ -31,11 +32,12 @@ from dexwm.control.aggregate import aggregate  # noqa: E402
 from dexwm.control.bc import train_goal_bc  # noqa: E402
 from dexwm.control.diagnostics import diagnose  # noqa: E402
 from dexwm.control.episodes import evaluate, summary_markdown  # noqa: E402
+from dexwm.control.goal_pose import train_goal_pose  # noqa: E402
 from dexwm.serve import serve  # noqa: E402
 
 COMMANDS = {
     "eval": evaluate, "bc": train_goal_bc, "aggregate": aggregate, "diagnose": diagnose,
-    "serve": serve,
+    "serve": serve, "goal_pose": train_goal_pose,
 }  # fmt: skip
 
 

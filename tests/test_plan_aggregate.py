@@ -116,6 +116,62 @@ def test_goal_bc_trains_and_acts(rig, collected, tmp_path):
         torch.testing.assert_close(mean if prior_mean else props[0], expected)
 
 
+def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, tmp_path):
+    from dexwm.control.diagnostics import pose_head_error
+    from dexwm.control.goal_pose import GoalPoseEstimator, hand_error, train_goal_pose
+    from dexwm.planning import FeatureCost, PoseCost
+    from dexwm.sim.explore import Explorer, random_object
+
+    _, folder = collected
+    out = tmp_path / "pose.pt"
+    info = train_goal_pose(str(folder / "feats"), str(out), poses=40, steps=60, batch_size=32,
+                           progress=False)  # fmt: skip
+    hist = info["history"]
+    assert info["frames"] == 2 * 13 + 36  # both episodes' frames + 36 of 40 pose frames (4 val)
+    assert hist[-1]["train_m"] < hist[0]["train_m"]
+    goal = info["goal_error"]["reach"]  # measured on the 50 reach goal images
+    assert goal["episodes"] == 50 and 0 < goal["median_m"] <= goal["p90_m"]
+    assert 0 <= goal["under_3cm"] <= goal["under_15cm"] <= 1
+    cache = Path(f"{out}.poses.npz")
+    stamp = cache.stat().st_mtime_ns
+    train_goal_pose(str(folder / "feats"), str(out), poses=40, steps=10, goal_tasks=[],
+                    progress=False)  # fmt: skip
+    assert cache.stat().st_mtime_ns == stamp  # the pose frames are reused, not rendered again
+    # the estimator reads a goal image: joints whose FK the cost compares with the plan's
+    head = GoalPoseEstimator(str(out))
+    rng = np.random.default_rng(5)
+    name, pose = random_object(rng)
+    q = Explorer(rig).random_pose(rng, rig.home)
+    image = rig.render(None, rig.state_data(q, name, pose))
+    est = head(image)
+    assert est.shape == (23,) and torch.isfinite(est).all()
+    space = JointSpace.from_rig(rig)
+    err = hand_error(space, est[None], torch.tensor(q, dtype=torch.float32)[None])
+    assert err.shape == (1,) and 0 <= float(err) < 1.0
+    with pytest.raises(ValueError, match="uint8"):
+        head(image.astype(np.float32))
+    # MPC with the pose cost: the goal's points are FK of the head's estimate for the goal image
+    mpc = MPCPolicy(CEM(samples=8, elites=2, iterations=1), costs=[FeatureCost(), PoseCost()],
+                    goal_pose=str(out)).use_model(tiny_model())  # fmt: skip
+    obs = rig.reset("reach", 3)
+    goal_image = rig.goal_image("reach", 3)
+    mpc.reset(rig, goal_image, obs)
+    torch.testing.assert_close(mpc.objective.goal.points, space.keypoints(head(goal_image)))
+    assert [t.name for t in mpc.objective.terms] == ["feature", "pose"]
+    assert mpc.act(obs).shape == (1, 23)
+    # its goal-image error, as `plan.py diagnose` reports it
+    true = torch.tensor(rig.episode.goal_joints, dtype=torch.float32)[None]
+    expected = float(hand_error(space, head(goal_image)[None], true)[0])
+    assert pose_head_error(rig, mpc, "reach", 3) == pytest.approx(expected)
+    obs = rig.reset("grasp", 3)  # PoseCost is a reach term by default: no head call for grasp
+    mpc.reset(rig, rig.goal_image("grasp", 3), obs)
+    assert mpc.objective.goal.points is None
+    with pytest.raises(ValueError, match="goal-pose head"):
+        MPCPolicy(costs=[PoseCost()])
+    with pytest.raises(FileNotFoundError, match="plan.py goal_pose"):
+        MPCPolicy(costs=[PoseCost()], goal_pose=str(tmp_path / "none.pt")).check()
+
+
 def test_plan_py_cli_writes_results_and_config(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, str(ROOT / "plan.py"), "eval", "--config",
@@ -177,6 +233,12 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
         inner(default)._apply_search(task)
         executes[task] = inner(default).execute
     assert executes == {"reach": 1, "grasp": 2, "place": 2}
+    # reach adds the goal-pose term, read from the goal-pose head's checkpoint
+    from dexwm.planning import FeatureCost, PoseCost
+
+    costs = inner(default).costs
+    assert [type(t) for t in costs] == [FeatureCost, PoseCost] and costs[1].tasks == ["reach"]
+    assert inner(default).goal_pose == "runs/plan/goal_pose.pt"
     (alone,) = load_policies(str(ROOT / "configs/plan/model_only.yaml"))
     assert inner(alone).prior is None
     names = [p.name for p in load_policies(str(ROOT / "configs/plan/eval.yaml"))]

@@ -22,6 +22,7 @@ from dexwm.planning import (  # noqa: E402
     GradientPlanner,
     KeypointCost,
     OrientationCost,
+    PoseCost,
 )
 from dexwm.planning.costs import Goal, Objective, Prediction, hand_frame, step_weights  # noqa: E402
 
@@ -133,6 +134,24 @@ def test_orientation_cost_is_zero_at_the_goal_and_task_specific(rig, space):
     terms = [FeatureCost(), OrientationCost(weight=0.4)]
     assert [t.name for t in Objective(terms, goal).terms] == ["feature", "orientation"]
     assert [t.name for t in Objective(terms, Goal(goal.feats, task="reach")).terms] == ["feature"]
+
+
+def test_pose_cost_is_the_mean_wrist_and_fingertip_distance_to_the_goal(rig, space):
+    qs = torch.tensor(random_joints(rig, 3, seed=4), dtype=torch.float32)
+    kp = space.keypoints(qs)  # (3, 21, 3)
+    goal = Goal(torch.zeros(4, 8), points=kp[0], task="reach")
+    plans = kp[:, None].expand(3, 3, 21, 3).clone()  # (B, H + 1, 21, 3): each holds its pose
+    pred = Prediction(torch.zeros(3, 2, 4, 8), plans, qs[:, None].expand(3, 2, 23))
+    cost = PoseCost(decay=0.5)(pred, goal)
+    pts = [0, 4, 8, 12, 16, 20]  # wrist + fingertips
+    d = (kp[:, pts] - kp[0, pts]).norm(dim=-1).mean(-1)  # (3,) metres
+    torch.testing.assert_close(cost, d * 1.5)  # weights 0.5, 1 over the 2 steps
+    assert cost[0].abs() < 1e-6 < cost[1]
+    plans[1, 1] = kp[0]  # reaching the goal at the first step, leaving it at the last
+    assert PoseCost(decay=0.5)(Prediction(pred.feats, plans, pred.joints), goal)[1] < cost[1]
+    with pytest.raises(ValueError, match="goal hand"):
+        PoseCost()(pred, Goal(goal.feats, task="reach"))
+    assert not PoseCost().applies("grasp") and PoseCost(tasks=None).applies("grasp")
 
 
 # ---- rollout and MPC ------------------------------------------------------------------------

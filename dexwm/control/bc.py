@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dexwm.control.policy import Policy, check_goal_image
+from dexwm.data.feature_cache import load_feature_episodes
 
 
 @dataclass
@@ -61,22 +62,6 @@ class GoalBC(nn.Module):
         return q[:, None] + d.unflatten(1, (self.cfg.chunk, self.cfg.n_joints))
 
 
-def load_episodes(paths: list[str] | str) -> list[dict]:
-    """Shards with cached features -> [{"feats": (T, N, D) float16, "joints": (T, J)}]."""
-    import webdataset as wds
-
-    from dexwm.data.loader import expand_paths
-
-    eps = []
-    for url in expand_paths(paths):
-        for s in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
-            if "feats.npy" not in s or "joints.npy" not in s:
-                raise ValueError(f"{s['__key__']}: GoalBC needs feats.npy and joints.npy")
-            eps.append({"feats": s["feats.npy"], "joints": s["joints.npy"].astype(np.float32),
-                        "encoder": s["meta.json"].get("encoder")})  # fmt: skip
-    return eps
-
-
 def _batch(eps, rng, size, cfg: GoalBCConfig):
     """Hindsight-relabelled examples: (feats_t, feats_{t+k}, q_t) -> q_{t+1..t+chunk} - q_t."""
     F, G, Q, Y = [], [], [], []
@@ -113,7 +98,7 @@ def train_goal_bc(
     weights_only=True) reads it). Returns train / val losses."""
     from dexwm.io import atomic_write_bytes
 
-    eps = load_episodes(shards)
+    eps = load_feature_episodes(shards)
     if len(eps) <= val_episodes:
         raise ValueError(f"{len(eps)} episodes: need more than val_episodes={val_episodes}")
     rng = np.random.default_rng(seed)

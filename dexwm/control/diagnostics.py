@@ -8,7 +8,8 @@
    planner's initial distribution are scored through the learned model AND executed in the
    simulator (`SimRollout`); the rank correlation of the two, and of each with the true distance;
 3. the hand head's error locating the goal image's wrist and fingertips (a keypoint cost is only
-   worth adding when this is small).
+   worth adding when this is small), and, with a goal-pose head (`PoseCost`), its error: the
+   largest wrist/fingertip distance between FK of its estimate and FK of the goal joints.
 
 The perfect-model planner itself is a policy (`MPCPolicy(model="simulator")`) run by the same
 harness as every other (configs/plan/ceiling.yaml).
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from dexwm.control.joint_space import JointSpace
 from dexwm.control.model_rollout import ModelRollout
 from dexwm.control.policy import MPCPolicy
 from dexwm.control.sim_rollout import SimRollout, task_distance
@@ -141,6 +143,19 @@ def hand_head_error(rig, policy: MPCPolicy, task: str, index: int) -> float | No
     return float((pred - true).norm(dim=-1).median())
 
 
+def pose_head_error(rig, policy: MPCPolicy, task: str, index: int) -> float | None:
+    """The goal-pose head's error on the goal image (m): largest distance over the wrist and
+    fingertips between FK of its estimate and FK of the goal joints; None without a head."""
+    if policy.goal_pose is None:
+        return None
+    from dexwm.control.goal_pose import hand_error
+
+    policy._setup_pose_head()
+    est = policy.pose_head(rig.goal_image(task, index))
+    true = torch.as_tensor(rig.episode.goal_joints, dtype=torch.float32)
+    return float(hand_error(JointSpace.from_rig(rig), est[None], true[None])[0])
+
+
 def diagnose(
     policies: list[MPCPolicy],
     checkpoint: str,
@@ -193,6 +208,7 @@ def _diagnose_task(job: tuple) -> dict:
             rig, policy, task, i, joints, [0, len(frames) // 2], candidates
         )
         fid["hand_head_px"] = hand_head_error(rig, policy, task, i)
+        fid["pose_head_m"] = pose_head_error(rig, policy, task, i)
         per.append(fid)
     rig.close()
     return {"episodes": per, "median": _medians(per)}
@@ -216,6 +232,7 @@ def _medians(per: list[dict]) -> dict:
             for k in ("rho_model_sim", "rho_sim_true", "rho_model_true")
         },
         "hand_head_px": _median(p["hand_head_px"] for p in per),
+        "pose_head_m": _median(p.get("pose_head_m") for p in per),
     }
 
 
@@ -241,9 +258,11 @@ def markdown(report: dict) -> str:
                 f"| {task} | {name} | {f(rho)} | " + " | ".join(f(rel[s]) for s in STATES) + " |"
             )
     lines += ["", "| task | rho model vs simulator | rho simulator vs true | rho model vs true "
-              "| hand head goal error (px) |", "|---|---|---|---|---|"]  # fmt: skip
+              "| hand head goal error (px) | pose head goal error (m) |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
     for task, r in report["tasks"].items():
         k = r["median"]["ranking"]
         lines.append(f"| {task} | {f(k['rho_model_sim'])} | {f(k['rho_sim_true'])} | "
-                     f"{f(k['rho_model_true'])} | {f(r['median']['hand_head_px'])} |")  # fmt: skip
+                     f"{f(k['rho_model_true'])} | {f(r['median']['hand_head_px'])} | "
+                     f"{f(r['median'].get('pose_head_m'))} |")  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -8,6 +8,8 @@ configured planner and cost, execute the first `execute` targets.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -16,7 +18,15 @@ from dexwm.control.model_rollout import ModelRollout, check_model, replicate
 from dexwm.control.sim_rollout import SimRollout
 from dexwm.planning.base import Planner, shift_plan
 from dexwm.planning.cem import CEM
-from dexwm.planning.costs import CostTerm, FeatureCost, Goal, KeypointCost, Objective, hand_frame
+from dexwm.planning.costs import (
+    CostTerm,
+    FeatureCost,
+    Goal,
+    KeypointCost,
+    Objective,
+    PoseCost,
+    hand_frame,
+)
 
 _MODELS: dict[str, object] = {}  # checkpoint path -> WorldModel, one per process
 
@@ -110,6 +120,8 @@ class MPCPolicy(Policy):
             the task's:
             e.g. {"grasp/1": {std_hand: 0.01}} keeps the closed hand fixed while lifting;
             stages may change the std, max_step, hold_margin and anneal settings only.
+        goal_pose: checkpoint of a goal-pose head (`python plan.py goal_pose`), needed by
+            `PoseCost`: it estimates the goal image's joints, whose FK hand points the cost uses.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -135,6 +147,7 @@ class MPCPolicy(Policy):
         devices: list[str] | None = None,
         model: str = "learned",
         per_task: dict[str, dict[str, float | int | None]] | None = None,
+        goal_pose: str | None = None,
         checkpoint: str | None = None,
         seed: int = 0,
         name: str = "mpc",
@@ -178,6 +191,9 @@ class MPCPolicy(Policy):
             raise ValueError("devices must be None or name at least one device")
         self.devices = [str(d) for d in devices] if devices else None
         self.checkpoint, self.seed, self.name = checkpoint, seed, name
+        if goal_pose is None and any(isinstance(t, PoseCost) for t in self.costs):
+            raise ValueError(f"{name}: PoseCost needs a goal-pose head (goal_pose: CHECKPOINT)")
+        self.goal_pose, self.pose_head = goal_pose, None
         self.wm = None
         self.replicas = None
 
@@ -201,10 +217,22 @@ class MPCPolicy(Policy):
         self.replicas = replicate(self.wm, self.devices) if self.devices else None
         if self.prior is not None:
             self.prior.setup(checkpoint)
+        self._setup_pose_head()
+
+    def _setup_pose_head(self) -> None:
+        if self.goal_pose is not None and self.pose_head is None:
+            from dexwm.control.goal_pose import GoalPoseEstimator
+
+            self.pose_head = GoalPoseEstimator(self.goal_pose)
 
     def check(self) -> None:
         if self.prior is not None:
             self.prior.check()
+        if self.goal_pose is not None and not Path(self.goal_pose).is_file():
+            raise FileNotFoundError(
+                f"{self.name}: no goal-pose head at {self.goal_pose}: train one with "
+                "`python plan.py goal_pose --shards FEATURES --out PATH`"
+            )
 
     def use_model(self, wm) -> MPCPolicy:
         """Plan with an already loaded world model (tests, notebooks)."""
@@ -246,6 +274,9 @@ class MPCPolicy(Policy):
         goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
         if any(isinstance(t, KeypointCost) for t in self.costs):
             goal.uv = wm.hand_points(goal_feats)  # (6, 2) encoder-input pixels, right hand
+        if any(isinstance(t, PoseCost) and t.applies(goal.task) for t in self.costs):
+            self._setup_pose_head()
+            goal.points = self.space.keypoints(self.pose_head(goal_image))  # (21, 3) camera
         goal_joints = getattr(rig.episode, "goal_joints", None)  # privileged: sim episodes only
         if goal_joints is not None:  # the goal hand frame, for the orientation term
             goal.frame = hand_frame(self.space.keypoints(torch.tensor(goal_joints)))

@@ -87,3 +87,19 @@ def cache_features(
         items, _process, out_dir, config=config, items_per_shard=1, workers=workers,
         desc="feature cache (shards)", prefix="feats", overwrite=overwrite, progress=progress,
     )  # fmt: skip
+
+
+def load_feature_episodes(paths: list[str] | str) -> list[dict]:
+    """Shards with cached features -> [{"feats": (T, N, D) float16, "joints": (T, J)}]."""
+    import webdataset as wds
+
+    eps = []
+    for url in expand_paths(paths):
+        for s in wds.WebDataset(url, shardshuffle=False, empty_check=False).decode():
+            if "feats.npy" not in s or "joints.npy" not in s:
+                raise ValueError(
+                    f"{s['__key__']}: needs feats.npy and joints.npy (cached robot episodes)"
+                )
+            eps.append({"feats": s["feats.npy"], "joints": s["joints.npy"].astype(np.float32),
+                        "encoder": s["meta.json"].get("encoder")})  # fmt: skip
+    return eps

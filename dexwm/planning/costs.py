@@ -5,6 +5,10 @@
 - `KeypointCost`: squared pixel error between the right hand's wrist + fingertips of the plan and
   those the hand head finds in the goal image (DexWM weight 1e-3). The plan's points come from
   the hand head on the PREDICTED features (DexWM) or, exactly, from FK of the planned joints.
+- `PoseCost`: mean distance (metres) of the plan's wrist + fingertips (FK of the planned joints)
+  to the goal hand's, which a goal-pose head estimates from the goal image
+  (`dexwm.control.goal_pose`): 3D and exact on the plan's side, so it ranks plans a few
+  centimetres apart that the feature grid cannot tell apart.
 - `OrientationCost`: 1 - cos(angle) between the planned hand frame and the goal's (DexWM: 0.4,
   grasp only). The goal frame comes from the goal state's joints (privileged, as in DexWM).
 
@@ -41,6 +45,7 @@ class Goal:
 
     feats: torch.Tensor  # (N, D) normalised features of the goal image
     uv: torch.Tensor | None = None  # (6, 2) right wrist + tips in encoder-input pixels (head)
+    points: torch.Tensor | None = None  # (21, 3) goal hand keypoints, camera frame (pose head)
     frame: torch.Tensor | None = None  # (3, 3) goal hand frame, camera axes
     task: str | None = None
     current: torch.Tensor | None = None  # (N, D) features of the latest observed frame
@@ -162,6 +167,28 @@ class KeypointCost(CostTerm):
             pts = pred.keypoints[:, 1:, list(HEAD_POINTS)]  # (B, H, 6, 3)
             uv = goal.to_input_uv(pts)
         err = (uv - goal.uv).square().sum(-1).mean(-1)  # (B, H) mean squared pixel distance
+        return err @ step_weights(err.shape[1], self.decay, err)
+
+
+class PoseCost(CostTerm):
+    """Mean distance (m) of the plan's right wrist + fingertips (FK of the planned joints) to the
+    goal hand's, step-weighted decay^(H-1-t). The goal points come from the goal image through a
+    goal-pose head (`MPCPolicy(goal_pose=...)`), never from the simulator's state."""
+
+    name = "pose"
+
+    def __init__(self, weight: float = 1.0, decay: float = 0.6, tasks=("reach",)):
+        super().__init__(weight, None if tasks is None else list(tasks))
+        if not 0 < decay <= 1:
+            raise ValueError(f"decay must be in (0, 1], got {decay}")
+        self.decay = decay
+
+    def __call__(self, pred: Prediction, goal: Goal) -> torch.Tensor:
+        if goal.points is None:
+            raise ValueError("PoseCost needs the goal hand's points (MPCPolicy(goal_pose=...))")
+        idx = list(HEAD_POINTS)
+        plan = pred.keypoints[:, 1:, idx]  # (B, H, 6, 3)
+        err = (plan - goal.points[idx].to(plan)).norm(dim=-1).mean(-1)  # (B, H)
         return err @ step_weights(err.shape[1], self.decay, err)
 
 

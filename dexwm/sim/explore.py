@@ -62,6 +62,14 @@ def _rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
     return Rotation.from_rotvec(np.asarray(axis, float) * angle).as_matrix()
 
 
+def random_object(rng) -> tuple[str, tuple[np.ndarray, float]]:
+    """A random object resting at a random spot and yaw of the exploration area."""
+    name = OBJECT_NAMES[rng.integers(len(OBJECT_NAMES))]
+    spec = grasps.object_spec(name)
+    pos = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y), spec.rest_z])
+    return name, (pos, float(rng.uniform(-np.pi, np.pi)))
+
+
 class Explorer:
     """Generates exploration episodes on one `Rig` (any embodiment)."""
 
@@ -158,10 +166,10 @@ class Explorer:
             out += list(interpolate_targets(closed, lift, int(rng.integers(3, 7))))
         return out
 
-    def _pose(self, rng, q: np.ndarray) -> list[np.ndarray]:
-        """The arm to a random joint-space pose near rest with the hand above the table and the
-        palm inside the sweep box, fingers to a random shape, then a few small steps settling
-        there (empty if 50 draws miss)."""
+    def random_pose(self, rng, q: np.ndarray) -> np.ndarray | None:
+        """Joint targets of a random joint-space pose near rest (each arm joint off rest by
+        N(0, POSE_STD)), fingers in a random shape, every hand keypoint above the table and the
+        palm inside the sweep box; q gives the shape of the vector. None if 50 draws miss."""
         rig, n = self.rig, self.n_arm
         for _ in range(50):
             end = q.copy()
@@ -172,14 +180,23 @@ class Explorer:
             palm = cmd["palm_pos"]
             inside = (PALM_BOX[0] <= palm).all() and (palm <= PALM_BOX[1]).all()
             if inside and cmd["keypoints"][:, 2].min() > POSE_MIN_HEIGHT:
-                out = list(interpolate_targets(q, end, int(rng.integers(5, 10))))
-                for _ in range(rng.integers(3, 8)):  # settle there with small planner-like steps
-                    end = end.copy()
-                    end[:n] += rng.normal(0.0, POSE_SETTLE_STD, n)
-                    end[n:] += rng.normal(0.0, POSE_SETTLE_STD, len(q) - n)
-                    out.append(np.clip(end, self.lo, self.hi))
-                return out
-        return []
+                return end
+        return None
+
+    def _pose(self, rng, q: np.ndarray) -> list[np.ndarray]:
+        """The arm to a random pose (`random_pose`), then a few small steps settling there
+        (empty if no pose was found)."""
+        n = self.n_arm
+        end = self.random_pose(rng, q)
+        if end is None:
+            return []
+        out = list(interpolate_targets(q, end, int(rng.integers(5, 10))))
+        for _ in range(rng.integers(3, 8)):  # settle there with small planner-like steps
+            end = end.copy()
+            end[:n] += rng.normal(0.0, POSE_SETTLE_STD, n)
+            end[n:] += rng.normal(0.0, POSE_SETTLE_STD, len(q) - n)
+            out.append(np.clip(end, self.lo, self.hi))
+        return out
 
     def _carry(self, rng, q: np.ndarray) -> list[np.ndarray]:
         """Grasp the object as the oracle does, carry it, set it down, open the hand."""
@@ -232,10 +249,7 @@ class Explorer:
         hands (T, 2, 21, 3), hands_uv (T, 2, 21, 2), ee (T, 7), object name + start pose."""
         rig = self.rig
         rng = np.random.default_rng([int(seed), int(episode)])
-        name = OBJECT_NAMES[rng.integers(len(OBJECT_NAMES))]
-        spec = grasps.object_spec(name)
-        pos = np.array([rng.uniform(*OBJECT_X), rng.uniform(*OBJECT_Y), spec.rest_z])
-        yaw = float(rng.uniform(-np.pi, np.pi))
+        name, (pos, yaw) = random_object(rng)
         start = rig.home.copy()
         start[: self.n_arm] += rng.normal(0, 0.05, self.n_arm)
         obs = rig.reset(object_name=name, object_pose=(pos, yaw), joints=start, render=render)
