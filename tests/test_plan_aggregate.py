@@ -170,6 +170,19 @@ def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, 
         MPCPolicy(costs=[PoseCost()])
     with pytest.raises(FileNotFoundError, match="plan.py goal_pose"):
         MPCPolicy(costs=[PoseCost()], goal_pose=str(tmp_path / "none.pt")).check()
+    # pose_proposal: a candidate straight to the pose goal's joints; with no spread (every
+    # sample is the start) and the pose cost alone it is the best plan, at the step limit
+    mpc = MPCPolicy(CEM(samples=8, elites=2, iterations=1), costs=[PoseCost()], std_arm=0.0,
+                    std_hand=0.0, max_step_arm=0.05, max_step_hand=0.1, use="best",
+                    goal_pose=str(out), pose_proposal=True).use_model(tiny_model())  # fmt: skip
+    obs = rig.reset("reach", 3)
+    mpc.reset(rig, goal_image, obs)
+    q0 = torch.as_tensor(obs["commanded"], dtype=torch.float32)
+    straight = mpc.space.limit(q0, mpc.pose_q.expand(mpc.horizon, -1))
+    assert not torch.allclose(straight[0], q0)
+    np.testing.assert_allclose(mpc.act(obs)[0], straight[0].numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="pose_proposal"):
+        MPCPolicy(costs=[FeatureCost()], pose_proposal=True)
 
 
 def test_plan_py_cli_writes_results_and_config(tmp_path):
@@ -239,6 +252,7 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
     costs = inner(default).costs
     assert [type(t) for t in costs] == [FeatureCost, PoseCost] and costs[1].tasks == ["reach"]
     assert inner(default).goal_pose == "runs/plan/goal_pose.pt"
+    assert inner(default).pose_proposal  # reach: a candidate straight to the head's goal pose
     (alone,) = load_policies(str(ROOT / "configs/plan/model_only.yaml"))
     assert inner(alone).prior is None
     names = [p.name for p in load_policies(str(ROOT / "configs/plan/eval.yaml"))]

@@ -122,6 +122,8 @@ class MPCPolicy(Policy):
             stages may change the std, max_step, hold_margin and anneal settings only.
         goal_pose: checkpoint of a goal-pose head (`python plan.py goal_pose`), needed by
             `PoseCost`: it estimates the goal image's joints, whose FK hand points the cost uses.
+        pose_proposal: where PoseCost applies, add a candidate plan that moves straight to its
+            goal joints (at the step limit); the model and the costs judge it like the others.
         checkpoint: world model (default: the one given to the harness).
         seed: sampling seed (per episode: seed + episode index).
         name: label in the results table.
@@ -148,6 +150,7 @@ class MPCPolicy(Policy):
         model: str = "learned",
         per_task: dict[str, dict[str, float | int | None]] | None = None,
         goal_pose: str | None = None,
+        pose_proposal: bool = False,
         checkpoint: str | None = None,
         seed: int = 0,
         name: str = "mpc",
@@ -194,6 +197,12 @@ class MPCPolicy(Policy):
         if goal_pose is None and any(isinstance(t, PoseCost) for t in self.costs):
             raise ValueError(f"{name}: PoseCost needs a goal-pose head (goal_pose: CHECKPOINT)")
         self.goal_pose, self.pose_head = goal_pose, None
+        if pose_proposal and goal_pose is None:
+            raise ValueError(
+                f"{name}: pose_proposal needs a goal-pose head (goal_pose: CHECKPOINT)"
+            )
+        self.pose_proposal = bool(pose_proposal)
+        self.pose_q = None  # PoseCost's goal joints (the head's estimate), else None
         self.wm = None
         self.replicas = None
 
@@ -274,9 +283,11 @@ class MPCPolicy(Policy):
         goal.to_input_uv = lambda pts: wm.uv_to_input(self.space.fk.pixels(pts, size), size)
         if any(isinstance(t, KeypointCost) for t in self.costs):
             goal.uv = wm.hand_points(goal_feats)  # (6, 2) encoder-input pixels, right hand
+        self.pose_q = None
         if any(isinstance(t, PoseCost) and t.applies(goal.task) for t in self.costs):
             self._setup_pose_head()
-            goal.points = self.space.keypoints(self.pose_head(goal_image))  # (21, 3) camera
+            self.pose_q = self.pose_head(goal_image)  # (J,) the goal image's joints, estimated
+            goal.points = self.space.keypoints(self.pose_q)  # (21, 3) camera
         goal_joints = getattr(rig.episode, "goal_joints", None)  # privileged: sim episodes only
         if goal_joints is not None:  # the goal hand frame, for the orientation term
             goal.frame = hand_frame(self.space.keypoints(torch.tensor(goal_joints)))
@@ -336,12 +347,15 @@ class MPCPolicy(Policy):
                 self.start_distance = d
             scale = min(1.0, d / self.start_distance) if self.start_distance > 0 else 1.0
             std = self.std * max(self.anneal, scale)
-        proposals = None
+        proposals = []
         if self.prior is not None:
             prior = torch.as_tensor(self.prior.plan(obs, self.horizon), dtype=torch.float32)
             if self.prior_mean:  # search around the prior's plan; the warm start competes
                 mean, prior = prior, mean
-            proposals = prior[None]  # (1, H, J)
+            proposals.append(prior)
+        if self.pose_proposal and self.pose_q is not None:  # straight to the pose goal's joints
+            proposals.append(self.space.limit(q0, self.pose_q.expand(self.horizon, -1)))
+        proposals = torch.stack(proposals) if proposals else None  # (P, H, J)
         lower, upper = self.space.bounds(q0, self.horizon)  # (H, J) each
         result = self.planner(
             rollout, self.objective, mean, std, lower, upper, proposals, self.generator
