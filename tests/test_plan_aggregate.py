@@ -118,7 +118,12 @@ def test_goal_bc_trains_and_acts(rig, collected, tmp_path):
 
 def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, tmp_path):
     from dexwm.control.diagnostics import pose_head_error
-    from dexwm.control.goal_pose import GoalPoseEstimator, hand_error, train_goal_pose
+    from dexwm.control.goal_pose import (
+        GoalPoseEstimator,
+        error_breakdown,
+        hand_error,
+        train_goal_pose,
+    )
     from dexwm.planning import FeatureCost, PoseCost
     from dexwm.sim.explore import Explorer, random_object
 
@@ -132,6 +137,9 @@ def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, 
     goal = info["goal_error"]["reach"]  # measured on the 50 reach goal images
     assert goal["episodes"] == 50 and 0 < goal["median_m"] <= goal["p90_m"]
     assert 0 <= goal["under_3cm"] <= goal["under_15cm"] <= 1
+    assert len(goal["points_median_m"]) == 6  # wrist + 5 fingertips, each at most the largest
+    assert max(goal["points_median_m"]) <= goal["median_m"] + 1e-6
+    assert 0 <= goal["arm_only_median_m"] and 0 <= goal["fingers_only_median_m"]
     cache = Path(f"{out}.poses.npz")
     stamp = cache.stat().st_mtime_ns
     train_goal_pose(str(folder / "feats"), str(out), poses=40, steps=10, goal_tasks=[],
@@ -150,6 +158,18 @@ def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, 
     assert err.shape == (1,) and 0 <= float(err) < 1.0
     with pytest.raises(ValueError, match="uint8"):
         head(image.astype(np.float32))
+    # the breakdown: an estimate off in the finger joints only misses nothing with its arm alone
+    # and leaves the wrist where it is; off in the arm only, nothing with its fingers alone
+    true = torch.tensor(q, dtype=torch.float32)[None]
+    off = true.clone()
+    off[:, space.n_arm :] += 0.3
+    parts = error_breakdown(space, off, true)
+    assert parts["arm_only_median_m"] == 0 and parts["points_median_m"][0] < 1e-6
+    assert parts["fingers_only_median_m"] > 0.01 and max(parts["points_median_m"][1:]) > 0.01
+    off = true.clone()
+    off[:, : space.n_arm] += 0.1
+    parts = error_breakdown(space, off, true)
+    assert parts["fingers_only_median_m"] == 0 and parts["arm_only_median_m"] > 0.01
     # MPC with the pose cost: the goal's points are FK of the head's estimate for the goal image
     mpc = MPCPolicy(CEM(samples=8, elites=2, iterations=1), costs=[FeatureCost(), PoseCost()],
                     goal_pose=str(out)).use_model(tiny_model())  # fmt: skip

@@ -104,6 +104,24 @@ def hand_error(space, q_est: torch.Tensor, q_true: torch.Tensor) -> torch.Tensor
     return (a - b).norm(dim=-1).amax(-1)
 
 
+def error_breakdown(space, q_est: torch.Tensor, q_true: torch.Tensor) -> dict:
+    """Where a goal-pose estimate (M, J) misses, as medians over M (m): each head point (wrist,
+    then the thumb..little fingertips), and the largest-point error (`hand_error`) with only the
+    arm estimated (the true finger joints) and with only the fingers estimated (the true arm
+    joints): which of the two limits the head."""
+    a = space.keypoints(space.clip(q_est))[:, HEAD_POINTS]
+    b = space.keypoints(space.clip(q_true))[:, HEAD_POINTS]
+    n = space.n_arm
+    arm_only, fingers_only = q_true.clone(), q_est.clone()
+    arm_only[:, :n] = q_est[:, :n]
+    fingers_only[:, :n] = q_true[:, :n]
+    return {
+        "points_median_m": (a - b).norm(dim=-1).median(0).values.tolist(),
+        "arm_only_median_m": float(hand_error(space, arm_only, q_true).median()),
+        "fingers_only_median_m": float(hand_error(space, fingers_only, q_true).median()),
+    }
+
+
 def _encode(encoder, images: np.ndarray, batch: int = 64) -> np.ndarray:
     with torch.no_grad():
         out = [
@@ -246,7 +264,8 @@ def train_goal_pose(
 def goal_image_error(rig, space, net: GoalPoseNet, encoder, task: str) -> dict:
     """The head on the goal images of all evaluation episodes of `task` (reported, never used
     for training or model selection): the largest wrist/fingertip distance between FK of its
-    estimate and FK of the goal joints, median / 90th percentile (m) and shares under 3 / 15 cm."""
+    estimate and FK of the goal joints, median / 90th percentile (m) and shares under 3 / 15 cm,
+    and where it misses (`error_breakdown`)."""
     from dexwm.sim.tasks import N_EPISODES, make_episode
 
     images, joints = [], []
@@ -255,10 +274,12 @@ def goal_image_error(rig, space, net: GoalPoseNet, encoder, task: str) -> dict:
         images.append(rig.goal_image(task, i))
         joints.append(ep.goal_joints)
     est = net(encoder(torch.from_numpy(np.stack(images))).float())
-    err = hand_error(space, est, torch.as_tensor(np.stack(joints), dtype=torch.float32))
+    true = torch.as_tensor(np.stack(joints), dtype=torch.float32)
+    err = hand_error(space, est, true)
     return {"episodes": len(err), "median_m": float(err.median()),
             "p90_m": float(err.quantile(0.9)), "under_3cm": float((err < 0.03).float().mean()),
-            "under_15cm": float((err < 0.15).float().mean())}  # fmt: skip
+            "under_15cm": float((err < 0.15).float().mean()),
+            **error_breakdown(space, est, true)}  # fmt: skip
 
 
 class GoalPoseEstimator:
