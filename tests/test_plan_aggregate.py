@@ -116,6 +116,26 @@ def test_goal_bc_trains_and_acts(rig, collected, tmp_path):
         torch.testing.assert_close(mean if prior_mean else props[0], expected)
 
 
+def test_zoom_crops_centre_the_hand_and_pad_at_the_border(rig):
+    from dexwm.control.goal_pose import hand_centre, zoom_crops
+
+    images = np.zeros((2, 128, 128, 3), np.uint8)
+    images[0, 40, 90] = 255  # (u, v) = (90, 40)
+    images[1, :, 0] = 7  # left column, repeated past the border
+    crops, c = zoom_crops(images, np.array([[90.2, 39.7], [0.0, 64.0]]), 56)
+    assert crops.shape == (2, 56, 56, 3) and c.tolist() == [[90, 40], [0, 64]]
+    assert crops[0, 28, 28].tolist() == [255, 255, 255] and crops[0].sum() == 3 * 255
+    assert (crops[1, :, :29] == 7).all() and (crops[1, :, 29:] == 0).all()
+    # the hand's box centre: FK of the joints through the rig's camera, as the rig projects it
+    q = rig.home.copy()
+    space = JointSpace.from_rig(rig)
+    kp = rig.commanded(q)["keypoints"]
+    uv = rig.camera.pixels(rig.camera.to_camera(kp), 128)
+    want = (uv.max(0) + uv.min(0)) / 2
+    got = hand_centre(space, torch.tensor(q, dtype=torch.float32)[None], 128)[0]
+    np.testing.assert_allclose(got.numpy(), want, atol=0.5)
+
+
 def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, tmp_path):
     from dexwm.control.diagnostics import pose_head_error
     from dexwm.control.goal_pose import (
@@ -145,6 +165,8 @@ def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, 
     train_goal_pose(str(folder / "feats"), str(out), poses=40, steps=10, goal_tasks=[],
                     progress=False)  # fmt: skip
     assert cache.stat().st_mtime_ns == stamp  # the pose frames are reused, not rendered again
+    assert info["zoom_val"]["median_m"] > 0  # the zoom stage trained on 56-px crops of them
+    assert np.load(cache)["zoom_feats"].shape == (40, *np.load(cache)["feats"].shape[1:])
     # the estimator reads a goal image: joints whose FK the cost compares with the plan's
     head = GoalPoseEstimator(str(out))
     rng = np.random.default_rng(5)
@@ -154,6 +176,10 @@ def test_goal_pose_head_trains_and_gives_the_pose_cost_its_goal(rig, collected, 
     est = head(image)
     assert est.shape == (23,) and torch.isfinite(est).all()
     space = JointSpace.from_rig(rig)
+    assert head.zoom is not None and head.zoom["crop"] == 56
+    first = head.net(head.encoder(torch.from_numpy(image)[None]).float())[0]
+    assert not torch.allclose(est, first)  # the zoom stage re-estimates from its crop
+    torch.testing.assert_close(head(image, space), est)
     err = hand_error(space, est[None], torch.tensor(q, dtype=torch.float32)[None])
     assert err.shape == (1,) and 0 <= float(err) < 1.0
     with pytest.raises(ValueError, match="uint8"):

@@ -151,9 +151,10 @@ def pose_head_error(rig, policy: MPCPolicy, task: str, index: int) -> float | No
     from dexwm.control.goal_pose import hand_error
 
     policy._setup_pose_head()
-    est = policy.pose_head(rig.goal_image(task, index))
+    space = JointSpace.from_rig(rig)
+    est = policy.pose_head(rig.goal_image(task, index), space)
     true = torch.as_tensor(rig.episode.goal_joints, dtype=torch.float32)
-    return float(hand_error(JointSpace.from_rig(rig), est[None], true[None])[0])
+    return float(hand_error(space, est[None], true[None])[0])
 
 
 def diagnose(

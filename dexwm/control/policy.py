@@ -286,7 +286,7 @@ class MPCPolicy(Policy):
         self.pose_q = None
         if any(isinstance(t, PoseCost) and t.applies(goal.task) for t in self.costs):
             self._setup_pose_head()
-            self.pose_q = self.pose_head(goal_image)  # (J,) the goal image's joints, estimated
+            self.pose_q = self.pose_head(goal_image, self.space)  # (J,) estimated goal joints
             goal.points = self.space.keypoints(self.pose_q)  # (21, 3) camera
         goal_joints = getattr(rig.episode, "goal_joints", None)  # privileged: sim episodes only
         if goal_joints is not None:  # the goal hand frame, for the orientation term
