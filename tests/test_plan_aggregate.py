@@ -12,6 +12,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from _plan import tiny_model  # noqa: E402
 from _procs import HAS_PROC, alive, kill_once_workers_are_busy  # noqa: E402
 
@@ -304,7 +305,6 @@ def test_plan_configs_load_and_the_default_centres_on_bc():
     assert inner(alone).prior is None
     names = [p.name for p in load_policies(str(ROOT / "configs/plan/eval.yaml"))]
     assert names == ["cem", "bc", "hold", "random", "oracle"]
-    import yaml
 
     def first(name):
         return yaml.safe_load((ROOT / "configs/plan" / name).read_text())["policies"][0]
